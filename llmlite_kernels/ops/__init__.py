@@ -1,0 +1,17 @@
+"""Registered ops (``torch.ops.llmlite.*``): schemas + fakes + autograd, the reference, the backends."""
+import torch
+
+from . import schemas  # noqa: F401  (defines the ops)
+from . import reference  # noqa: F401  (the default kernel of every op)
+from .dispatch import backends, kernel_for, load_extension, log_inactive
+from .reference import lowbit_dequantize_ref, lowbit_linear_ref
+
+_cpu = load_extension("_C", "cpu_cpp")
+
+log_inactive()
+
+lowbit_linear = torch.ops.llmlite.lowbit_linear
+lowbit_dequantize = torch.ops.llmlite.lowbit_dequantize
+
+__all__ = ["backends", "kernel_for", "lowbit_dequantize", "lowbit_dequantize_ref", "lowbit_linear",
+           "lowbit_linear_ref"]

@@ -1,0 +1,73 @@
+"""Schemas, fake (meta) kernels and autograd of every llmlite op. Nothing else.
+
+Implementations live per backend: ``reference.py`` (pure torch, every device, defines the semantics),
+the CPU C++ kernels in ``csrc/`` (registered for the CPU key by ``llmlite_kernels._C``), and
+``cuda.py`` (Triton / CUDA C++). ``dispatch.py`` says which one runs.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._checks import FLOAT_DTYPES, check_tensor
+from ..formats.lowbit import check_packed
+
+LIB = torch.library.Library("llmlite", "FRAGMENT")  # noqa: the ops below live as long as this module
+
+LIB.define(
+    "lowbit_linear(Tensor x, Tensor weight_packed, Tensor weight_scale, Tensor? weight_zero_point, "
+    "Tensor? bias, int bits, int group_size) -> Tensor"
+)
+LIB.define(
+    "lowbit_dequantize(Tensor weight_packed, Tensor weight_scale, Tensor? weight_zero_point, "
+    "int bits, int group_size, int in_features, ScalarType dtype) -> Tensor"
+)
+
+
+def check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size) -> int:
+    """Validate the arguments of ``lowbit_linear``; returns out_features."""
+    check_tensor("x", x, dtypes=FLOAT_DTYPES, contiguous=True)
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension [..., in_features], got shape {tuple(x.shape)}")
+    n = check_packed(weight_packed, weight_scale, weight_zero_point, bits, group_size, x.shape[-1], x.device)
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=(x.dtype,), ndim=1, contiguous=True, device=x.device)
+        if bias.shape[0] != n:
+            raise ValueError(f"bias has {bias.shape[0]} elements; expected out_features={n}")
+    return n
+
+
+@torch.library.register_fake("llmlite::lowbit_linear")
+def _lowbit_linear_fake(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
+    n = check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
+    return x.new_empty(*x.shape[:-1], n)
+
+
+@torch.library.register_fake("llmlite::lowbit_dequantize")
+def _lowbit_dequantize_fake(weight_packed, weight_scale, weight_zero_point, bits, group_size, in_features, dtype):
+    n = check_packed(weight_packed, weight_scale, weight_zero_point, bits, group_size, in_features,
+                     weight_packed.device)
+    return weight_packed.new_empty(n, in_features, dtype=dtype)
+
+
+def _lowbit_linear_setup(ctx, inputs, output):
+    x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size = inputs
+    ctx.save_for_backward(weight_packed, weight_scale, weight_zero_point)
+    ctx.meta = (bits, group_size, x.shape[-1], bias is not None)
+
+
+def _lowbit_linear_backward(ctx, grad_out):
+    weight_packed, weight_scale, weight_zero_point = ctx.saved_tensors
+    bits, group_size, in_features, has_bias = ctx.meta
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        w = torch.ops.llmlite.lowbit_dequantize(weight_packed, weight_scale, weight_zero_point,
+                                                bits, group_size, in_features, grad_out.dtype)
+        grad_x = grad_out @ w
+    if has_bias and ctx.needs_input_grad[4]:
+        grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+    # The packed weight, scales and zero points are frozen buffers: no gradient.
+    return grad_x, None, None, None, grad_bias, None, None
+
+
+torch.library.register_autograd("llmlite::lowbit_linear", _lowbit_linear_backward,
+                                setup_context=_lowbit_linear_setup)
