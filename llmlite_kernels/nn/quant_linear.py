@@ -1,0 +1,107 @@
+"""QuantLinear: a drop-in ``nn.Linear`` whose weight is stored in the packed low-bit format."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .._checks import check_tensor
+from ..formats import PackedWeight, num_groups, packed_words, quantize
+from ..formats.lowbit import SCALE_DTYPES, canonical_group_size
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The ``[out_features, in_features]`` weight of an ``nn.Linear`` or a GPT-2 style ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if type(module).__name__ == "Conv1D":  # transformers' Conv1D stores [in_features, out_features]
+        return module.weight.t()
+    raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(module).__name__}")
+
+
+class QuantLinear(nn.Module):
+    """``y = x @ dequantize(W).T + b`` computed by ``torch.ops.llmlite.lowbit_linear``.
+
+    The packed weight, scales and zero points are frozen buffers; ``bias`` stays a Parameter so it can
+    be fine-tuned. Gradients flow to the input and the bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
+                 group_size: Optional[int] = 128, symmetric: bool = False,
+                 scale_dtype: torch.dtype = torch.float16, dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        group_size = canonical_group_size(group_size)
+        if scale_dtype not in SCALE_DTYPES:
+            raise TypeError(f"scale_dtype {scale_dtype} not supported; accepted: {SCALE_DTYPES}")
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size, self.symmetric = bits, group_size, symmetric
+        groups = num_groups(in_features, group_size)
+        self.register_buffer("weight_packed", torch.zeros(out_features, packed_words(in_features, bits),
+                                                          dtype=torch.int32, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, groups, dtype=scale_dtype, device=device))
+        zp = None if symmetric else torch.zeros(out_features, groups, dtype=torch.uint8, device=device)
+        self.register_buffer("weight_zero_point", zp)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @classmethod
+    def from_packed(cls, packed: PackedWeight, bias: Optional[torch.Tensor] = None,
+                    dtype: torch.dtype = torch.float32) -> "QuantLinear":
+        out_features, in_features = packed.shape
+        layer = cls(in_features, out_features, bias=bias is not None, bits=packed.bits,
+                    group_size=packed.group_size, symmetric=packed.symmetric,
+                    scale_dtype=packed.weight_scale.dtype, dtype=dtype, device=packed.weight_packed.device)
+        layer.weight_packed.copy_(packed.weight_packed)
+        layer.weight_scale.copy_(packed.weight_scale)
+        if packed.weight_zero_point is not None:
+            layer.weight_zero_point.copy_(packed.weight_zero_point)
+        if bias is not None:
+            layer.bias.data.copy_(bias.detach())
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, bits: int = 4, group_size: Optional[int] = 128,
+                    symmetric: bool = False, scale_dtype: Optional[torch.dtype] = None,
+                    name: str = "weight") -> "QuantLinear":
+        """Round-to-nearest quantize an ``nn.Linear`` (or ``Conv1D``); ``name`` labels errors."""
+        weight = linear_weight(linear).detach()
+        packed = quantize(weight, bits=bits, group_size=group_size, symmetric=symmetric,
+                          scale_dtype=scale_dtype, name=name)
+        return cls.from_packed(packed, linear.bias, dtype=weight.dtype)
+
+    @property
+    def packed(self) -> PackedWeight:
+        return PackedWeight(self.weight_packed, self.weight_scale, self.weight_zero_point,
+                            (self.out_features, self.in_features), self.bits, self.group_size)
+
+    def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The dequantized ``[out_features, in_features]`` weight (in the bias/compute dtype by default)."""
+        dtype = dtype or (self.bias.dtype if self.bias is not None else torch.float32)
+        return torch.ops.llmlite.lowbit_dequantize(self.weight_packed, self.weight_scale, self.weight_zero_point,
+                                                   self.bits, self.group_size, self.in_features, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x has {x.shape[-1]} features in its last dimension; expected in_features={self.in_features}")
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return torch.ops.llmlite.lowbit_linear(x.contiguous(), self.weight_packed, self.weight_scale,
+                                               self.weight_zero_point, bias, self.bits, self.group_size)
+
+    def spec(self) -> dict:
+        """What ``io`` needs to rebuild this layer."""
+        return {"type": "QuantLinear", "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "bits": self.bits, "group_size": self.group_size,
+                "symmetric": self.symmetric, "scale_dtype": str(self.weight_scale.dtype).replace("torch.", ""),
+                "dtype": str(self.bias.dtype if self.bias is not None else torch.float32).replace("torch.", "")}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "QuantLinear":
+        return cls(spec["in_features"], spec["out_features"], bias=spec["bias"], bits=spec["bits"],
+                   group_size=spec["group_size"], symmetric=spec["symmetric"],
+                   scale_dtype=getattr(torch, spec["scale_dtype"]), dtype=getattr(torch, spec["dtype"]))
+
+    def extra_repr(self) -> str:
+        group = "per-channel" if self.group_size == -1 else self.group_size
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"bits={self.bits}, group_size={group}, symmetric={self.symmetric}")
