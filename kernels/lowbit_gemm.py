@@ -22,7 +22,7 @@ def lowbit_gemm_kernel(
     M, N, K, words_per_row, num_groups, blocks_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BITS: tl.constexpr, GROUP: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_BIAS: tl.constexpr,
-    IEEE_DOT: tl.constexpr,
+    IEEE_DOT: tl.constexpr, BF16_DOT_AS_FP32: tl.constexpr,
 ):
     # Grouped tile order (as in Triton's matmul tutorial): GROUP_M row-tiles share each weight column-tile
     # while it is still in L2, so the packed weight is read from DRAM about once per GROUP_M tiles of M.
@@ -50,7 +50,11 @@ def lowbit_gemm_kernel(
         x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & (offs_k[None, :] < K), other=0.0)
         w = dequant_tile(packed_ptr, scale_ptr, zero_ptr, offs_n, k0, N, K, words_per_row, num_groups,
                          BLOCK_K, BITS, GROUP, SYMMETRIC).to(x.dtype)  # [BLOCK_N, BLOCK_K]
-        if IEEE_DOT:  # fp32 activations: no TF32 rounding
+        if BF16_DOT_AS_FP32:
+            # Only under TRITON_INTERPRET=1, whose tl.dot multiplies bf16 bit patterns (triton#11584);
+            # bf16 products are exact in fp32, so this matches the tensor-core result.
+            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee", out_dtype=tl.float32)
+        elif IEEE_DOT:  # fp32 activations: no TF32 rounding
             acc += tl.dot(x, tl.trans(w), input_precision="ieee", out_dtype=tl.float32)
         else:
             acc += tl.dot(x, tl.trans(w), out_dtype=tl.float32)
@@ -83,6 +87,7 @@ def gemm(x2, weight_packed, weight_scale, weight_zero_point, bias, bits, group_s
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=cfg["group_m"],
         BITS=bits, GROUP=group_constexpr(group_size), SYMMETRIC=weight_zero_point is None,
         HAS_BIAS=bias is not None and split_k == 1, IEEE_DOT=x2.dtype == torch.float32,
+        BF16_DOT_AS_FP32=x2.dtype == torch.bfloat16 and x2.device.type != "cuda",
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if split_k > 1:
