@@ -3,7 +3,7 @@
 // out[M, N] = x[M, K] @ W[N, K]^T (+ bias), W = (q - z) * s group-wise, fp32 accumulation, out in x's dtype.
 // The weight must first be repacked into the kernel's fragment order (see
 // llmlite_kernels/formats/mma_repack.py, which defines the layout; this header only states its shape):
-//   weight   int32 [N_pad/128, K/64, 16 * 128 * bits / 4 ... ]  = N_pad * K * bits / 32 words in all
+//   weight   int32 [N_pad / 128, K / 64, 256 * bits]  (one 128 x 64 tile of codes per (n-tile, k-tile))
 //   scale    [G, N_pad] in x's dtype              (k-major: one row of scales per group)
 //   zero     [G, N_pad] in x's dtype holding z    (nullptr for symmetric: z = 2**(bits-1))
 // with N_pad = ceil(N / 128) * 128 and G = ceil(K / group_size) (group_size == K for per-channel).

@@ -1,0 +1,162 @@
+"""Repack the stored low-bit format into the fragment order of the CUDA tensor-core GEMM, and back.
+
+This file defines the layout that ``csrc/cuda/lowbit_a16_gemm.cu`` reads (pure torch; done once at
+load, on any device). Only 4- and 8-bit codes, ``K % 64 == 0``.
+
+The weight ``W`` [N, K] is cut into tiles of 128 columns of ``N`` ("n-tiles", N padded with zero codes
+to ``N_pad``) by 64 of ``K`` ("k-tiles"). A tile is what one thread block streams per pipeline stage:
+8 warps x 16 output columns x 4 MMA k-steps of 16. The ``mma.m16n8k16`` B fragment of a lane
+(``lane = 4*col + pair``) holds, for 8-column tile ``t`` in {0, 1} of its warp and k-step ``j``, the
+four elements ``r`` = 0..3 at ``n = 16*warp + 8*t + col`` and ``k = 16*j + 2*pair + r%2 + 8*(r//2)``.
+
+Repacked codes: int32 ``[N_pad/128, K/64, 256*bits]``; inside a tile, ``bits/4`` 16-byte vectors per
+lane at vector index ``(warp*bits/4 + v)*32 + lane`` (so a warp's loads are contiguous), each of 4
+words ``c``; word ``i = 4*v + c`` of a lane:
+
+* W4: word ``j`` holds the lane's 8 codes of k-step j: element r of tile t in nibble ``(2t + r//2) + 4*(r%2)``.
+* W8: word ``2j + t`` holds element r of tile t in byte ``r//2 + 2*(r%2)``.
+
+So a single mask pulls a (low, high) pair of fragment elements, nibbles (p, p+4) / bytes (p, p+2),
+into the two halves of a 32-bit register for the magic-number conversion.
+
+Scales: ``[G, N_pad]`` in the activation dtype (one row per group, k-major); zero points: ``[G, N_pad]``
+in the activation dtype holding the integer ``z`` (exact), or ``None`` for symmetric.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .._checks import check_choice
+from .bitpack import pack_codes, unpack_codes
+from .lowbit import canonical_group_size, check_packed
+
+TILE_N = 128
+TILE_K = 64
+REPACK_BITS = (4, 8)
+REPACK_DTYPES = (torch.float16, torch.bfloat16)
+_CHUNK_ELEMENTS = 1 << 24  # codes per repack step: bounds the int64 temporaries to ~128 MiB
+
+
+@dataclass
+class MmaRepackedWeight:
+    """A low-bit weight in the CUDA GEMM's fragment order (see the module docstring)."""
+
+    weight: torch.Tensor                 # int32 [N_pad/128, K/64, 256*bits]
+    scale: torch.Tensor                  # [G, N_pad], activation dtype
+    zero: Optional[torch.Tensor]         # [G, N_pad], activation dtype, or None (symmetric)
+    bits: int
+    group_size: int                      # canonical: -1 = per-channel
+    out_features: int
+    in_features: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scale.dtype
+
+    @property
+    def kernel_group_size(self) -> int:
+        return self.in_features if self.group_size == -1 else self.group_size
+
+
+def padded_out_features(out_features: int) -> int:
+    return -(-out_features // TILE_N) * TILE_N
+
+
+def _check_repackable(bits: int, in_features: int):
+    check_choice("bits", bits, REPACK_BITS)
+    if in_features % TILE_K != 0 or in_features <= 0:
+        raise ValueError(f"in_features={in_features} is not supported by the CUDA GEMM repack; "
+                         f"it must be a positive multiple of {TILE_K}")
+
+
+# Axis orders of the two permutations. The source view of a block of n-tiles of codes [n, k]:
+#   W4: (nt, warp, t, col, kt, j, rhi, pair, rlo)          n = 128nt+16warp+8t+col, k = 64kt+16j+8rhi+2pair+rlo
+#   W8: (nt, warp, t, col, kt, jhi, jlo, rhi, pair, rlo)   the same with j = 2jhi + jlo
+# Target (repacked words, fields last):
+#   W4: (nt, kt, warp, col, pair, j, rlo, t, rhi)          word j of lane 4col+pair, nibble 4rlo+2t+rhi
+#   W8: (nt, kt, warp, jhi, col, pair, jlo, t, rlo, rhi)   vector jhi, word 2jlo+t, byte 2rlo+rhi
+_SOURCE_SHAPE = {4: (8, 2, 8, -1, 4, 2, 4, 2), 8: (8, 2, 8, -1, 2, 2, 2, 4, 2)}
+_TO_FRAGMENT = {4: (0, 4, 1, 3, 7, 5, 8, 2, 6), 8: (0, 4, 1, 5, 3, 8, 6, 2, 9, 7)}
+
+
+def _inverse(perm):
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return tuple(inv)
+
+
+def repack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes uint8 [N, K] (values < 2**bits) -> repacked int32 [N_pad/128, K/64, 256*bits]."""
+    _check_repackable(bits, codes.shape[1])
+    n, k = codes.shape
+    n_pad = padded_out_features(n)
+    if n_pad != n:
+        codes = torch.nn.functional.pad(codes, (0, 0, 0, n_pad - n))
+    fields = 32 // bits
+    shifts = torch.arange(fields, device=codes.device, dtype=torch.int64) * bits
+    tiles_per_step = max(1, _CHUNK_ELEMENTS // (TILE_N * k))
+    out = []
+    for start in range(0, n_pad, TILE_N * tiles_per_step):
+        block = codes[start:start + TILE_N * tiles_per_step].to(torch.int64)
+        nt = block.shape[0] // TILE_N
+        src = block.reshape(nt, *_SOURCE_SHAPE[bits][:3], k // TILE_K, *_SOURCE_SHAPE[bits][4:])
+        frag = src.permute(_TO_FRAGMENT[bits]).reshape(nt, k // TILE_K, -1, fields)
+        words = (frag << shifts).sum(-1)  # disjoint fields: sum == OR
+        out.append(torch.where(words >= 2**31, words - 2**32, words).to(torch.int32))
+    return torch.cat(out)
+
+
+def unrepack_codes(words: torch.Tensor, bits: int, out_features: int, in_features: int) -> torch.Tensor:
+    """Inverse of :func:`repack_codes`: int32 [N_pad/128, K/64, 256*bits] -> uint8 codes [N, K]."""
+    _check_repackable(bits, in_features)
+    k = in_features
+    n_pad = padded_out_features(out_features)
+    expected = (n_pad // TILE_N, k // TILE_K, 256 * bits)
+    if tuple(words.shape) != expected or words.dtype != torch.int32:
+        raise ValueError(f"repacked weight has shape {tuple(words.shape)} dtype {words.dtype}; "
+                         f"expected int32 {expected}")
+    fields = 32 // bits
+    shifts = torch.arange(fields, device=words.device, dtype=torch.int64) * bits
+    frag = (words.to(torch.int64).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    target_shape = [words.shape[0], k // TILE_K] + [0] * (len(_TO_FRAGMENT[bits]) - 2)
+    src_shape = (words.shape[0], *_SOURCE_SHAPE[bits][:3], k // TILE_K, *_SOURCE_SHAPE[bits][4:])
+    for axis, src_axis in enumerate(_TO_FRAGMENT[bits]):
+        target_shape[axis] = src_shape[src_axis]
+    codes = frag.reshape(target_shape).permute(_inverse(_TO_FRAGMENT[bits])).reshape(n_pad, k)
+    return codes[:out_features].to(torch.uint8)
+
+
+def repack_weight(weight_packed: torch.Tensor, weight_scale: torch.Tensor,
+                  weight_zero_point: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
+                  dtype: torch.dtype) -> MmaRepackedWeight:
+    """Stored format (``formats.lowbit``) -> :class:`MmaRepackedWeight` for activations of ``dtype``.
+
+    Scales are cast to ``dtype`` (the kernel multiplies in it; exact when they are stored in it).
+    """
+    group_size = canonical_group_size(group_size)
+    check_choice("dtype", dtype, REPACK_DTYPES)
+    _check_repackable(bits, in_features)
+    n = check_packed(weight_packed, weight_scale, weight_zero_point, bits, group_size, in_features,
+                     weight_packed.device)
+    pad = padded_out_features(n) - n
+    codes = unpack_codes(weight_packed, bits, in_features)
+
+    def k_major(t):
+        return torch.nn.functional.pad(t.to(dtype), (0, 0, 0, pad)).t().contiguous()
+
+    zero = None if weight_zero_point is None else k_major(weight_zero_point)
+    return MmaRepackedWeight(repack_codes(codes, bits), k_major(weight_scale), zero, bits, group_size,
+                             n, in_features)
+
+
+def unrepack_weight(rw: MmaRepackedWeight):
+    """Inverse of :func:`repack_weight`: (weight_packed, weight_scale in ``rw.dtype``, weight_zero_point)."""
+    n, k = rw.out_features, rw.in_features
+    packed = pack_codes(unrepack_codes(rw.weight, rw.bits, n, k), rw.bits)
+    scale = rw.scale[:, :n].t().contiguous()
+    zero = None if rw.zero is None else rw.zero[:, :n].t().to(torch.uint8).contiguous()
+    return packed, scale, zero
