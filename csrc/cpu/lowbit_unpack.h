@@ -72,6 +72,23 @@ inline int chunk_code_index(int bits, int p) {
   return p;
 }
 
+// 3-bit SIMD decoding: code i of a chunk (bits [3i, 3i+3) of 12 bytes) is read from a 32-bit lane
+// filled by a byte shuffle with bytes (3i/8, 3i/8 + 1) (0x80: zero), then shifted right by 3i % 8.
+struct Decode3Tables {
+  uint32_t shuffle[kChunk];
+  uint32_t shift[kChunk];
+};
+constexpr Decode3Tables make_decode3_tables() {
+  Decode3Tables t{};
+  for (int i = 0; i < kChunk; ++i) {
+    const uint32_t byte = static_cast<uint32_t>(3 * i) >> 3;
+    t.shuffle[i] = byte | ((byte + 1) << 8) | 0x80800000u;
+    t.shift[i] = static_cast<uint32_t>(3 * i) & 7u;
+  }
+  return t;
+}
+alignas(64) inline constexpr Decode3Tables kDecode3 = make_decode3_tables();
+
 // The row's tail chunk (codes [32*(K/32), K)) dequantized in natural order, zero-padded to 32.
 inline void dequant_tail(const LowbitWeight& w, int64_t n, float* dst) {
   const int64_t k0 = (w.K / kChunk) * kChunk;

@@ -3,10 +3,14 @@ import torch
 
 from . import schemas  # noqa: F401  (defines the ops)
 from . import reference  # noqa: F401  (the default kernel of every op)
-from .dispatch import backends, kernel_for, load_extension, log_inactive
+from .dispatch import backends, kernel_for, load_extension, log_inactive, set_status
 from .reference import lowbit_dequantize_ref, lowbit_linear_ref
 
 _cpu = load_extension("_C", "cpu_cpp")
+if _cpu is not None:
+    set_status("cpu_cpp", True, f"llmlite_kernels._C loaded, isa={torch.ops.llmlite.cpu_isa()}")
+
+from . import cuda  # noqa: E402,F401  (CUDA kernels: Triton / CUDA C++, when a GPU is present)
 
 log_inactive()
 

@@ -21,6 +21,8 @@ LIB.define(
     "lowbit_dequantize(Tensor weight_packed, Tensor weight_scale, Tensor? weight_zero_point, "
     "int bits, int group_size, int in_features, ScalarType dtype) -> Tensor"
 )
+# Which instruction set the CPU C++ kernels run (llmlite_kernels._C; LLMLITE_CPU_ISA forces one). No tensors.
+LIB.define("cpu_isa() -> str")
 
 
 def check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size) -> int:

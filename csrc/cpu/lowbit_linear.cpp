@@ -1,0 +1,193 @@
+// llmlite::lowbit_linear / lowbit_dequantize / cpu_isa on CPU: argument checks, activation permutation,
+// and the choice between the GEMV kernels (batch <= 8 rows: stream the packed weight once) and the
+// tiled GEMM (dequantize 64-row tiles of W to fp32 in each thread, multiply with at::mm).
+#include "cpu/lowbit_ops.h"
+
+#include <algorithm>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include "cpu/isa.h"
+#include "cpu/lowbit_kernels.h"
+#include "cpu/lowbit_unpack.h"
+
+namespace llmlite::cpu {
+namespace {
+
+constexpr int64_t kGemmTileRows = 64;
+
+void check_cpu_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.defined(), name, " is undefined");
+  TORCH_CHECK(t.device().is_cpu(), name, " is on ", t.device(), "; the CPU kernel needs CPU tensors");
+  TORCH_CHECK(t.layout() == at::kStrided, name, " must be a dense (strided) tensor");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous (call .contiguous() first)");
+}
+
+ScaleType scale_type_of(const at::Tensor& s) {
+  switch (s.scalar_type()) {
+    case at::kFloat: return ScaleType::F32;
+    case at::kHalf: return ScaleType::F16;
+    case at::kBFloat16: return ScaleType::BF16;
+    default:
+      TORCH_CHECK(false, "weight_scale has dtype ", s.scalar_type(), "; accepted: float32, float16, bfloat16");
+  }
+  return ScaleType::F32;
+}
+
+// Validates the packed weight (the same rules as formats.lowbit.check_packed) and wraps its pointers.
+LowbitWeight make_weight(const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                         const std::optional<at::Tensor>& weight_zero_point, int64_t bits, int64_t group_size,
+                         int64_t in_features) {
+  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits=", bits,
+              " is not supported; accepted: 2, 3, 4, 8");
+  TORCH_CHECK(group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256 || group_size == -1,
+              "group_size=", group_size, " is not supported; accepted: 32, 64, 128, 256, -1");
+  TORCH_CHECK(in_features >= 1, "in_features must be >= 1, got ", in_features);
+  check_cpu_tensor(weight_packed, "weight_packed");
+  TORCH_CHECK(weight_packed.scalar_type() == at::kInt, "weight_packed has dtype ", weight_packed.scalar_type(),
+              "; accepted: int32");
+  TORCH_CHECK(weight_packed.dim() == 2, "weight_packed must be 2-D, got shape ", weight_packed.sizes());
+  const int64_t n = weight_packed.size(0);
+  const int64_t words = (in_features * bits + 31) / 32;
+  TORCH_CHECK(weight_packed.size(1) == words, "weight_packed has shape ", weight_packed.sizes(),
+              "; for in_features=", in_features, " at bits=", bits, " expected [out_features, ", words, "]");
+  const int64_t group = group_size == -1 ? in_features : group_size;
+  const int64_t groups = (in_features + group - 1) / group;
+  check_cpu_tensor(weight_scale, "weight_scale");
+  const ScaleType stype = scale_type_of(weight_scale);
+  TORCH_CHECK(weight_scale.dim() == 2 && weight_scale.size(0) == n && weight_scale.size(1) == groups,
+              "weight_scale has shape ", weight_scale.sizes(), "; expected (", n, ", ", groups, ")");
+  const uint8_t* zero = nullptr;
+  if (weight_zero_point.has_value() && weight_zero_point->defined()) {
+    const at::Tensor& z = *weight_zero_point;
+    check_cpu_tensor(z, "weight_zero_point");
+    TORCH_CHECK(z.scalar_type() == at::kByte, "weight_zero_point has dtype ", z.scalar_type(), "; accepted: uint8");
+    TORCH_CHECK(z.dim() == 2 && z.size(0) == n && z.size(1) == groups, "weight_zero_point has shape ", z.sizes(),
+                "; expected (", n, ", ", groups, ")");
+    zero = z.data_ptr<uint8_t>();
+  }
+  LowbitWeight w{};
+  w.packed = reinterpret_cast<const uint8_t*>(weight_packed.data_ptr<int32_t>());
+  w.row_bytes = 4 * words;
+  w.scale = weight_scale.data_ptr();
+  w.scale_type = stype;
+  w.zero = zero;
+  w.N = n;
+  w.K = in_features;
+  w.G = groups;
+  w.group = group;
+  w.Kpad = (in_features + kChunk - 1) / kChunk * kChunk;
+  w.bits = static_cast<int>(bits);
+  return w;
+}
+
+// x [M, K] -> fp32 [M, Kpad]: every full chunk reordered as the decoders emit W (chunk_code_index),
+// the tail chunk in natural order, zero-padded.
+at::Tensor permute_activations(const at::Tensor& x2d, const LowbitWeight& w) {
+  const int64_t m_rows = x2d.size(0), k = w.K, kpad = w.Kpad, full = k / kChunk;
+  at::Tensor xp = at::empty({m_rows, kpad}, x2d.options().dtype(at::kFloat));
+  int perm[kChunk];
+  for (int p = 0; p < kChunk; ++p) perm[p] = chunk_code_index(w.bits, p);
+  float* dst = xp.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x2d.scalar_type(), "permute_activations", [&] {
+    const scalar_t* src = x2d.data_ptr<scalar_t>();
+    at::parallel_for(0, m_rows, std::max<int64_t>(1, 16384 / kpad), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) {
+        const scalar_t* xs = src + m * k;
+        float* xd = dst + m * kpad;
+        for (int64_t c = 0; c < full; ++c)
+          for (int p = 0; p < kChunk; ++p) xd[c * kChunk + p] = static_cast<float>(xs[c * kChunk + perm[p]]);
+        for (int64_t i = full * kChunk; i < kpad; ++i) xd[i] = i < k ? static_cast<float>(xs[i]) : 0.f;
+      }
+    });
+  });
+  return xp;
+}
+
+void gemv(Isa isa, const LowbitWeight& w, const at::Tensor& xp, const float* bias, float* out) {
+  const int64_t m_rows = xp.size(0);
+  const float* x = xp.data_ptr<float>();
+  // Batches above 8 rows never get here; a batch of 8 reads W once, the kernel keeps 8 rows of sums.
+  const GemvFn fn = gemv_kernel(isa, w.bits, static_cast<int>(m_rows));
+  at::parallel_for(0, w.N, 16, [&](int64_t n0, int64_t n1) { fn(w, x, bias, out, n0, n1); });
+}
+
+void gemm(Isa isa, const LowbitWeight& w, const at::Tensor& xp, const float* bias, at::Tensor& out) {
+  const DequantPermutedFn dequant = dequant_permuted_kernel(isa, w.bits);
+  const int64_t tiles = (w.N + kGemmTileRows - 1) / kGemmTileRows;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor tile = at::empty({kGemmTileRows, w.Kpad}, xp.options());
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * kGemmTileRows, rows = std::min(kGemmTileRows, w.N - n0);
+      dequant(w, n0, n0 + rows, tile.data_ptr<float>());
+      out.narrow(1, n0, rows).copy_(at::mm(xp, tile.narrow(0, 0, rows).t()));
+    }
+  });
+  if (bias != nullptr) out.add_(at::from_blob(const_cast<float*>(bias), {w.N}, out.options()));
+}
+
+}  // namespace
+
+at::Tensor lowbit_linear_cpu(const at::Tensor& x, const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                             const std::optional<at::Tensor>& weight_zero_point,
+                             const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+  check_cpu_tensor(x, "x");
+  const at::ScalarType dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, "x has dtype ", dtype,
+              "; accepted: float32, float16, bfloat16");
+  TORCH_CHECK(x.dim() >= 1, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
+  const int64_t k = x.size(-1);
+  const LowbitWeight w = make_weight(weight_packed, weight_scale, weight_zero_point, bits, group_size, k);
+  at::Tensor bias_f;
+  if (bias.has_value() && bias->defined()) {
+    check_cpu_tensor(*bias, "bias");
+    TORCH_CHECK(bias->scalar_type() == dtype, "bias has dtype ", bias->scalar_type(), "; expected x.dtype (",
+                dtype, ")");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.N, "bias has shape ", bias->sizes(),
+                "; expected (out_features=", w.N, ",)");
+    bias_f = bias->to(at::kFloat).contiguous();
+  }
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = w.N;
+  const int64_t m_rows = x.numel() / k;
+  if (m_rows == 0 || w.N == 0) return at::empty(out_shape, x.options());
+
+  const Isa isa = active_isa();
+  const at::Tensor xp = permute_activations(x.reshape({m_rows, k}), w);
+  const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  at::Tensor out = at::empty({m_rows, w.N}, x.options().dtype(at::kFloat));
+  if (m_rows <= kMaxGemvRows) {
+    gemv(isa, w, xp, bias_ptr, out.data_ptr<float>());
+  } else {
+    gemm(isa, w, xp, bias_ptr, out);
+  }
+  return (dtype == at::kFloat ? out : out.to(dtype)).view(out_shape);
+}
+
+at::Tensor lowbit_dequantize_cpu(const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                                 const std::optional<at::Tensor>& weight_zero_point, int64_t bits,
+                                 int64_t group_size, int64_t in_features, at::ScalarType dtype) {
+  const LowbitWeight w = make_weight(weight_packed, weight_scale, weight_zero_point, bits, group_size, in_features);
+  at::Tensor out = at::empty({w.N, w.K}, weight_packed.options().dtype(at::kFloat));
+  float* dst = out.data_ptr<float>();
+  // Natural order, computed exactly as the reference does: float(q - z) * s.
+  at::parallel_for(0, w.N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* row = w.row(n);
+      for (int64_t gi = 0; gi < w.G; ++gi) {
+        const float s = w.scale_at(n, gi);
+        const int z = w.zero_at(n, gi);
+        const int64_t k1 = std::min(w.K, (gi + 1) * w.group);
+        for (int64_t k = gi * w.group; k < k1; ++k)
+          dst[n * w.K + k] = static_cast<float>(static_cast<int>(code_at(row, k, w.bits)) - z) * s;
+      }
+    }
+  });
+  return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+std::string cpu_isa() { return isa_name(active_isa()); }
+
+}  // namespace llmlite::cpu

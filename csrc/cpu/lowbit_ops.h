@@ -1,0 +1,24 @@
+// CPU implementations of the llmlite low-bit ops (schemas in llmlite_kernels/ops/schemas.py).
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+namespace llmlite::cpu {
+
+// llmlite::lowbit_linear: out = x @ dequantize(W).T + bias, fp32 accumulation, out in x.dtype.
+at::Tensor lowbit_linear_cpu(const at::Tensor& x, const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                             const std::optional<at::Tensor>& weight_zero_point,
+                             const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size);
+
+// llmlite::lowbit_dequantize: W = (q - z) * s in fp32, returned as dtype [N, in_features].
+at::Tensor lowbit_dequantize_cpu(const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                                 const std::optional<at::Tensor>& weight_zero_point, int64_t bits,
+                                 int64_t group_size, int64_t in_features, at::ScalarType dtype);
+
+// llmlite::cpu_isa: the ISA path the next call runs, and the CPU features behind it.
+std::string cpu_isa();
+
+}  // namespace llmlite::cpu
