@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_tensor
 from .bitpack import pack_codes, unpack_codes
 from .lowbit import canonical_group_size, check_packed
 
@@ -160,3 +160,34 @@ def unrepack_weight(rw: MmaRepackedWeight):
     scale = rw.scale[:, :n].t().contiguous()
     zero = None if rw.zero is None else rw.zero[:, :n].t().to(torch.uint8).contiguous()
     return packed, scale, zero
+
+
+def check_repacked(x, weight_repacked, scale_repacked, zero_repacked, bias, bits: int, group_size: int,
+                   out_features: int) -> None:
+    """Validate the arguments of ``llmlite::lowbit_linear_repacked`` (names each bad argument)."""
+    check_tensor("x", x, dtypes=REPACK_DTYPES, contiguous=True)
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension [..., in_features], got shape {tuple(x.shape)}")
+    k = x.shape[-1]
+    _check_repackable(bits, k)
+    group_size = canonical_group_size(group_size)
+    if not isinstance(out_features, int) or out_features < 1:
+        raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+    n_pad = padded_out_features(out_features)
+    check_tensor("weight_repacked", weight_repacked, dtypes=(torch.int32,), ndim=3, contiguous=True, device=x.device)
+    expected = (n_pad // TILE_N, k // TILE_K, 256 * bits)
+    if tuple(weight_repacked.shape) != expected:
+        raise ValueError(f"weight_repacked has shape {tuple(weight_repacked.shape)}; expected {expected}")
+    g = k if group_size == -1 else group_size
+    groups = -(-k // g)
+    check_tensor("scale_repacked", scale_repacked, dtypes=(x.dtype,), ndim=2, contiguous=True, device=x.device)
+    if tuple(scale_repacked.shape) != (groups, n_pad):
+        raise ValueError(f"scale_repacked has shape {tuple(scale_repacked.shape)}; expected {(groups, n_pad)}")
+    if zero_repacked is not None:
+        check_tensor("zero_repacked", zero_repacked, dtypes=(x.dtype,), ndim=2, contiguous=True, device=x.device)
+        if tuple(zero_repacked.shape) != (groups, n_pad):
+            raise ValueError(f"zero_repacked has shape {tuple(zero_repacked.shape)}; expected {(groups, n_pad)}")
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=(x.dtype,), ndim=1, contiguous=True, device=x.device)
+        if bias.shape[0] != out_features:
+            raise ValueError(f"bias has {bias.shape[0]} elements; expected out_features={out_features}")

@@ -10,6 +10,7 @@ import torch
 
 from .._checks import FLOAT_DTYPES, check_tensor
 from ..formats.lowbit import check_packed
+from ..formats.mma_repack import check_repacked
 
 LIB = torch.library.Library("llmlite", "FRAGMENT")  # noqa: the ops below live as long as this module
 
@@ -73,3 +74,18 @@ def _lowbit_linear_backward(ctx, grad_out):
 
 torch.library.register_autograd("llmlite::lowbit_linear", _lowbit_linear_backward,
                                 setup_context=_lowbit_linear_setup)
+
+
+# CUDA C++ tensor-core GEMM (csrc/cuda, ops/cuda_cpp_backend.py): lowbit_linear on a weight repacked
+# once into the kernel's fragment order (formats/mma_repack.py). Same result as lowbit_linear.
+LIB.define(
+    "lowbit_linear_repacked(Tensor x, Tensor weight_repacked, Tensor scale_repacked, Tensor? zero_repacked, "
+    "Tensor? bias, int bits, int group_size, int out_features) -> Tensor"
+)
+
+
+@torch.library.register_fake("llmlite::lowbit_linear_repacked")
+def _lowbit_linear_repacked_fake(x, weight_repacked, scale_repacked, zero_repacked, bias, bits, group_size,
+                                 out_features):
+    check_repacked(x, weight_repacked, scale_repacked, zero_repacked, bias, bits, group_size, out_features)
+    return x.new_empty(*x.shape[:-1], out_features)
