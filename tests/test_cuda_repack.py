@@ -221,3 +221,71 @@ def test_repack_rejects_unsupported(kwargs, exc, match):
 def test_unrepack_rejects_wrong_shape():
     with pytest.raises(ValueError, match="expected int32"):
         unrepack_codes(torch.zeros(1, 2, 1024, dtype=torch.int32), 4, 72, 192)
+
+
+# ---- the lowbit_linear_repacked op and the backend module, on the CPU reference ------------------------
+
+def _repacked_case(bits=4, g=32, sym=False, n=72, k=192, dtype=torch.float16):
+    pw = quantize(torch.randn(n, k), bits=bits, group_size=g, symmetric=sym, scale_dtype=dtype)
+    rw = repack_weight(pw.weight_packed, pw.weight_scale, pw.weight_zero_point, bits, g, k, dtype)
+    return pw, rw
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES[:4] + CASES[5:7], ids=_ids)
+def test_repacked_op_matches_lowbit_linear_and_opcheck(case, dtype):
+    from llmlite_kernels.ops import lowbit_linear_ref
+
+    bits, g, sym, n, k = case
+    pw, rw = _repacked_case(bits, g, sym, n, k, dtype)
+    x = torch.randn(2, 3, k, dtype=dtype)
+    bias = torch.randn(n, dtype=dtype)
+    args = (x, rw.weight, rw.scale, rw.zero, bias, bits, g, n)
+    out = torch.ops.llmlite.lowbit_linear_repacked(*args)
+    ref = lowbit_linear_ref(x, pw.weight_packed, pw.weight_scale, pw.weight_zero_point, bias, bits, g)
+    assert torch.equal(out, ref)
+    torch.library.opcheck(torch.ops.llmlite.lowbit_linear_repacked, args)
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (dict(x=torch.randn(3, 192)), TypeError, "x has dtype"),
+    (dict(x=torch.randn(3, 128, dtype=torch.float16)), ValueError, "weight_repacked has shape"),
+    (dict(scale=torch.ones(6, 128, dtype=torch.bfloat16)), TypeError, "scale_repacked"),
+    (dict(zero=torch.ones(5, 128, dtype=torch.float16)), ValueError, "zero_repacked has shape"),
+    (dict(bias=torch.ones(71, dtype=torch.float16)), ValueError, "bias has 71"),
+    (dict(out_features=200), ValueError, "weight_repacked has shape"),
+    (dict(bits=3), ValueError, "bits"),
+])
+def test_repacked_op_rejects_bad_arguments(change, exc, match):
+    _, rw = _repacked_case()
+    args = dict(x=torch.randn(3, 192, dtype=torch.float16), weight=rw.weight, scale=rw.scale, zero=rw.zero,
+                bias=None, bits=4, g=32, out_features=72)
+    args.update(change)
+    with pytest.raises(exc, match=match):
+        torch.ops.llmlite.lowbit_linear_repacked(*args.values())
+
+
+def test_backend_supports_and_caches_the_repack():
+    from llmlite_kernels.ops import cuda_cpp_backend as cpp
+    from llmlite_kernels.ops import lowbit_linear_ref
+
+    assert cpp.supports(4, 128, True, torch.float16, 1, 4096, 4096)
+    assert cpp.supports(8, -1, False, torch.bfloat16, 64, 72, 192)
+    assert not cpp.supports(3, 128, True, torch.float16, 1, 4096, 4096)
+    assert not cpp.supports(4, 128, True, torch.float32, 1, 4096, 4096)
+    assert not cpp.supports(4, 32, True, torch.float16, 1, 4096, 4000)
+    assert cpp.available() == (cpp._ext is not None and torch.cuda.is_available())
+    pw, _ = _repacked_case()
+    x = torch.randn(5, 192, dtype=torch.float16)
+    args = (pw.weight_packed, pw.weight_scale, pw.weight_zero_point, None, 4, 32)
+    out = cpp.lowbit_linear(x, *args)  # runs the op's CPU reference here; the kernel on a GPU
+    assert torch.equal(out, lowbit_linear_ref(x, *args))
+    first = cpp._CACHE[id(pw.weight_packed)][2]
+    cpp.lowbit_linear(x, *args)
+    assert cpp._CACHE[id(pw.weight_packed)][2] is first  # no second repack
+    pw.weight_packed.add_(0)  # in-place change bumps the version: repacked again
+    cpp.lowbit_linear(x, *args)
+    assert cpp._CACHE[id(pw.weight_packed)][2] is not first
+    ident = id(pw.weight_packed)
+    del pw, args
+    assert ident not in cpp._CACHE  # dropped with the tensor

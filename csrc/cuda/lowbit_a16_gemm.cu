@@ -63,12 +63,6 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
 
-// Copies 16 bytes, or writes 16 zero bytes when !valid (src is then not read).
-__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int N>
@@ -284,14 +278,12 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
     const int4* src = args.weight + static_cast<size_t>(u) * L::kWeight;
 #pragma unroll
     for (int i = 0; i < L::kWeight / kThreads; ++i) cp_async16(st + tid + i * kThreads, src + tid + i * kThreads);
-    // Activations: row r, 16-byte chunk c (8 halves) lands at chunk c ^ (r % 8) of the row, so the
-    // 8 rows an ldmatrix reads at one logical chunk hit 8 different bank groups.
-#pragma unroll
-    for (int i = tid; i < MB * 16 * 8; i += kThreads) {
+    // Activations (valid rows only; the rest were zeroed once): row r, 16-byte chunk c (8 halves) lands
+    // at chunk c ^ (r % 8) of the row, so the 8 rows an ldmatrix reads at one logical chunk hit 8
+    // different bank groups.
+    for (int i = tid; i < args.rows * 8; i += kThreads) {
       const int r = i >> 3, c = i & 7;
-      const bool valid = r < args.rows;
-      const T* s = valid ? x + static_cast<size_t>(r) * K + kt * kTileK + c * 8 : x;
-      cp_async16_zfill(st + L::kActOffset + r * 8 + (c ^ (r & 7)), s, valid);
+      cp_async16(st + L::kActOffset + r * 8 + (c ^ (r & 7)), x + static_cast<size_t>(r) * K + kt * kTileK + c * 8);
     }
     // Scales and zero points of the groups this k-tile touches: 16 chunks of 8 columns per group row.
     const int group_rows = two_groups ? 2 : 1;
@@ -330,7 +322,12 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
     }
   };
 
-  auto compute_stage = [&](int slot) {
+  // Group constants of the k-steps 0-1 / 2-3 of the current stage; rebuilt only when the stage's
+  // group (or n-tile) differs from the previous stage's (g >= 128: every other stage or never).
+  GroupConst g_first[2], g_second[2];
+  int const_nt = -1, const_group = -1;
+
+  auto compute_stage = [&](int slot, int nt, int kt) {
     const int4* st = smem + slot * L::kSize;
     uint32_t w[BITS];
 #pragma unroll
@@ -341,13 +338,17 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
       w[4 * v + 2] = q.z;
       w[4 * v + 3] = q.w;
     }
-    GroupConst g_first[2], g_second[2];
-    group_consts(st, 0, g_first);
-    if (two_groups) {
-      group_consts(st, 1, g_second);
-    } else {
-      g_second[0] = g_first[0];
-      g_second[1] = g_first[1];
+    const int group = kt * kTileK / args.group_size;
+    if (group != const_group || nt != const_nt) {
+      const_group = group;
+      const_nt = nt;
+      group_consts(st, 0, g_first);
+      if (two_groups) {
+        group_consts(st, 1, g_second);
+      } else {
+        g_second[0] = g_first[0];
+        g_second[1] = g_first[1];
+      }
     }
     const uint32_t act_base = smem_addr(st + L::kActOffset);
     // ldmatrix.x4 row addresses: lanes 0-7 / 8-15 / 16-23 / 24-31 give rows of the four 8x8 matrices
@@ -458,6 +459,13 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
     if (tid == 0) args.counters[nt] = 0;  // every other block of this tile has arrived: reset for reuse
   };
 
+  // Rows of the MMA blocks past the last row of x stay zero in every slot (ordered before their first
+  // read by the pipeline's barrier).
+  for (int i = tid; i < kStages * L::kAct; i += kThreads) {
+    const int slot = i / L::kAct, chunk = i - slot * L::kAct;
+    if ((chunk >> 3) >= args.rows) smem[slot * L::kSize + L::kActOffset + chunk] = make_int4(0, 0, 0, 0);
+  }
+
   // Pipeline: slot i % kStages holds unit u_begin + i; kStages - 1 units are in flight ahead.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -470,10 +478,11 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
     const int next = i + kStages - 1;
     if (next < n_units) load_stage(next % kStages, u_begin + next);
     cp_async_commit();
-    compute_stage(i % kStages);
     const int u = u_begin + i;
     const int nt = u / k_tiles;
-    if (u - nt * k_tiles == k_tiles - 1 || i == n_units - 1) {
+    const int kt = u - nt * k_tiles;
+    compute_stage(i % kStages, nt, kt);
+    if (kt == k_tiles - 1 || i == n_units - 1) {
       finish_tile(nt);
       clear_acc();
     }
