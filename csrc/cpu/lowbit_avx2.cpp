@@ -1,5 +1,6 @@
 // AVX2+FMA build of the low-bit kernels (lowbit_kernel_body.inc): 8 fp32 lanes, 4 vectors per chunk.
 #include <algorithm>
+#include <vector>
 
 #include <immintrin.h>
 
@@ -35,8 +36,36 @@ struct Simd {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   }
 
+  static inline void scales_to_float(const void* src, ScaleType type, int64_t offset, int64_t count,
+                                     float* dst) {
+    int64_t i = 0;
+    if (type == ScaleType::F16) {
+      const auto* p = static_cast<const uint16_t*>(src) + offset;
+      for (; i + 8 <= count; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
+    } else if (type == ScaleType::BF16) {  // bf16 is the top half of an fp32
+      const auto* p = static_cast<const uint16_t*>(src) + offset;
+      for (; i + 8 <= count; i += 8) {
+        const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+      }
+    }
+    LowbitWeight w{};
+    w.scale = src;
+    w.scale_type = type;
+    w.G = 1;
+    for (; i < count; ++i) dst[i] = w.scale_at(offset + i, 0);
+  }
+
   template <int BITS>
-  static inline void decode(const uint8_t* p, V s, V nzs, V* out) {
+  struct Group {
+    V s, nzs;
+    Group(float scale, float neg_zero_scale) : s(set1(scale)), nzs(set1(neg_zero_scale)) {}
+  };
+
+  template <int BITS>
+  static inline void decode(const uint8_t* p, const Group<BITS>& grp, V* out) {
+    const V s = grp.s, nzs = grp.nzs;
     if constexpr (BITS == 8) {
       for (int j = 0; j < 4; ++j) out[j] = scaled(bytes8(p + 8 * j), s, nzs);
     } else if constexpr (BITS == 4) {  // low nibbles of bytes 0..15, then the high nibbles

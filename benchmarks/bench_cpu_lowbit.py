@@ -1,0 +1,180 @@
+"""CPU low-bit linear benchmark: llmlite's C++ kernels vs torch fp32 / bf16 / int4 on LLM layer shapes.
+
+Each op in OPS has an untimed ``prepare`` (weights for one layer, in its own format) and a timed
+``compute``; ``nbytes`` is what one call must read from memory (weights, scales, zero points).
+
+* hot:  one layer, called repeatedly (it stays in the last-level cache, as a micro-benchmark does).
+* cold: a ring of distinct layers, together more than ``--cold-mib`` (default: 2x the L3 size, at least
+  960 MiB), called in turn, so every call streams its weights from DRAM as in real decode.
+
+GB/s = weight bytes / time; "% roof" divides by the streaming-read bandwidth measured in the same run
+(a sum over a 1 GiB tensor, same threads). Weights are random bits: the kernels' speed does not
+depend on the values. Run ``python benchmarks/bench_cpu_lowbit.py [--quick]``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import llmlite_kernels.ops  # noqa: E402,F401  (registers torch.ops.llmlite.*)
+from llmlite_kernels.formats.bitpack import packed_words  # noqa: E402
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]  # (in_features K, out_features N)
+BATCHES = [1, 8, 512]
+GROUP = 128
+
+
+@dataclass
+class Op:
+    name: str
+    prepare: Callable  # (K, N, M) -> (x, weights tuple); untimed
+    compute: Callable  # (x, weights) -> out
+    nbytes: Callable  # (K, N) -> bytes of weights read per call
+
+
+def _lowbit_prepare(bits):
+    def prepare(k, n, m):
+        words = packed_words(k, bits)
+        g = math.ceil(k / GROUP)
+        packed = torch.randint(-2**31, 2**31 - 1, (n, words), dtype=torch.int32)
+        scale = (torch.rand(n, g) * 0.01 + 0.001).half()
+        zero = torch.randint(0, 2**bits, (n, g), dtype=torch.uint8)
+        return torch.randn(m, k), (packed, scale, zero, bits)
+    return prepare
+
+
+def _lowbit_compute(x, w):
+    packed, scale, zero, bits = w
+    return torch.ops.llmlite.lowbit_linear(x, packed, scale, zero, None, bits, GROUP)
+
+
+def _lowbit_bytes(bits):
+    return lambda k, n: n * packed_words(k, bits) * 4 + n * math.ceil(k / GROUP) * 3
+
+
+def _dense_prepare(dtype):
+    def prepare(k, n, m):
+        return torch.randn(m, k).to(dtype), (torch.randn(n, k).to(dtype),)
+    return prepare
+
+
+def _int4_prepare(k, n, m):
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    scale_zeros = torch.rand(k // GROUP, n, 2).to(torch.bfloat16)
+    return torch.randn(m, k).to(torch.bfloat16), (packed, scale_zeros)
+
+
+def _int4_compute(x, w):
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, w[0], GROUP, w[1])
+
+
+OPS = [Op(f"ours W{b}", _lowbit_prepare(b), _lowbit_compute, _lowbit_bytes(b)) for b in (4, 3, 2, 8)] + [
+    Op("torch fp32", _dense_prepare(torch.float32), lambda x, w: F.linear(x, w[0]), lambda k, n: 4 * n * k),
+    Op("torch bf16", _dense_prepare(torch.bfloat16), lambda x, w: F.linear(x, w[0]), lambda k, n: 2 * n * k),
+    Op("torch int4", _int4_prepare, _int4_compute, lambda k, n: n * k // 2 + n * (k // GROUP) * 4),
+]
+
+
+def l3_bytes() -> int:
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            text = f.read().strip()
+        return int(text[:-1]) * {"K": 2**10, "M": 2**20}[text[-1]]
+    except (OSError, ValueError, KeyError):
+        return 480 * 2**20
+
+
+def streaming_read_gbps(nbytes=2**30, reps=5) -> float:
+    """Best-of-``reps`` bandwidth of summing a tensor much larger than the caches (torch threads)."""
+    t = torch.ones(nbytes // 4)
+    t.sum()
+    best = min(_timed(lambda: t.sum()) for _ in range(reps))
+    del t
+    return nbytes / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _clone(w):
+    return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in w)
+
+
+def time_op(op: Op, k: int, n: int, m: int, cold: bool, cold_bytes: int, min_time: float) -> float:
+    """Seconds per call: the median of the per-pass averages (a pass calls every layer of the ring once)."""
+    x, w = op.prepare(k, n, m)
+    ring = [w]
+    if cold:
+        ring += [_clone(w) for _ in range(math.ceil(cold_bytes / op.nbytes(k, n)) - 1)]
+    op.compute(x, ring[0])  # warm-up (first-call allocations, lazy init)
+    passes, total, samples = 0, 0.0, []
+    while passes < 3 or (total < min_time and passes < 200):
+        t0 = time.perf_counter()
+        for wi in ring:
+            op.compute(x, wi)
+        dt = time.perf_counter() - t0
+        samples.append(dt / len(ring))
+        total += dt
+        passes += 1
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def run(shapes, batches, ops, cold_bytes, min_time, out=print):
+    bw = streaming_read_gbps()
+    out(f"# torch {torch.__version__}, threads={torch.get_num_threads()}, "
+        f"llmlite isa={torch.ops.llmlite.cpu_isa()}, L3={l3_bytes() / 2**20:.1f} MiB, "
+        f"cold ring >= {cold_bytes / 2**20:.0f} MiB, streaming read {bw:.1f} GB/s")
+    rows = []
+    for k, n in shapes:
+        for m in batches:
+            for mode in (("cold", "hot") if m <= 8 else ("hot",)):
+                times = {op.name: time_op(op, k, n, m, mode == "cold", cold_bytes, min_time) for op in ops}
+                for op in ops:
+                    t = times[op.name]
+                    gbps = op.nbytes(k, n) / t / 1e9
+                    rows.append(dict(shape=f"{k}->{n}", M=m, mode=mode, op=op.name, us=t * 1e6, gbps=gbps,
+                                     roof=100 * gbps / bw,
+                                     vs_fp32=times.get("torch fp32", math.nan) / t,
+                                     vs_int4=times.get("torch int4", math.nan) / t))
+                _print_rows(rows[-len(ops):], out)
+    return bw, rows
+
+
+def _print_rows(rows, out):
+    r0 = rows[0]
+    out(f"\n{r0['shape']}  M={r0['M']}  {r0['mode']}")
+    out(f"{'op':<12}{'µs':>11}{'GB/s':>8}{'% roof':>8}{'x fp32':>8}{'x int4':>8}")
+    for r in rows:
+        out(f"{r['op']:<12}{r['us']:>11.1f}{r['gbps']:>8.1f}{r['roof']:>8.0f}{r['vs_fp32']:>8.2f}{r['vs_int4']:>8.2f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="one shape (14336->4096), M in {1, 8}: about a minute")
+    p.add_argument("--cold-mib", type=float, default=None, help="size of the cold ring (default max(2 x L3, 960))")
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per cell, at least")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    cold = int((args.cold_mib or max(2 * l3_bytes() / 2**20, 960)) * 2**20)
+    if args.quick:
+        run([(14336, 4096)], [1, 8], OPS, cold, min_time=0.15)
+    else:
+        run(SHAPES, BATCHES, OPS, cold, args.min_time)
+
+
+if __name__ == "__main__":
+    main()
