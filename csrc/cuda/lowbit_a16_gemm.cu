@@ -240,7 +240,8 @@ struct GemmArgs {
   void* out;            // [rows, N] of this M slice
   float* partials;      // [n_tiles, max_slots, MB*16, 128]
   int* counters;        // [n_tiles]
-  int rows, N, K, n_pad, group_size, k_tiles, total_units, units_per_block, max_slots;
+  int rows, N, K, n_pad, k_tiles, total_units, units_per_block, max_slots;
+  int group_shift;  // log2(group_size); 31 for per-channel (every k-tile in group 0)
 };
 
 template <typename T, int BITS, int MB>
@@ -261,7 +262,7 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
   const T* __restrict__ zero = static_cast<const T*>(args.zero);
   const int K = args.K;
   const int k_tiles = args.k_tiles;
-  const bool two_groups = args.group_size == 32;  // 64-wide k-tile spans 2 groups; else exactly one
+  const bool two_groups = args.group_shift == 5;  // g = 32: a 64-wide k-tile spans 2 groups; else one
   const bool has_zero = zero != nullptr;
 
   const int u_begin = blockIdx.x * args.units_per_block;
@@ -269,11 +270,9 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
   const int n_units = u_end - u_begin;
   if (n_units <= 0) return;
 
-  // Issue the copies of unit u (n-tile u / k_tiles, k-tile u % k_tiles) into pipeline slot `slot`.
-  auto load_stage = [&](int slot, int u) {
+  // Issue the copies of unit u = (n-tile nt, k-tile kt) into pipeline slot `slot`.
+  auto load_stage = [&](int slot, int u, int nt, int kt) {
     int4* st = smem + slot * L::kSize;
-    const int nt = u / k_tiles;
-    const int kt = u - nt * k_tiles;
     // Codes: the repacked tensor is [n-tile][k-tile][128x64 tile], so unit u is one contiguous tile.
     const int4* src = args.weight + static_cast<size_t>(u) * L::kWeight;
 #pragma unroll
@@ -287,7 +286,7 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
     }
     // Scales and zero points of the groups this k-tile touches: 16 chunks of 8 columns per group row.
     const int group_rows = two_groups ? 2 : 1;
-    const int g0 = kt * kTileK / args.group_size;
+    const int g0 = (kt * kTileK) >> args.group_shift;
     if (tid < 16 * group_rows) {
       const int gr = tid >> 4, c = tid & 15;
       const size_t off = static_cast<size_t>(g0 + gr) * args.n_pad + nt * kTileN + c * 8;
@@ -338,7 +337,7 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
       w[4 * v + 2] = q.z;
       w[4 * v + 3] = q.w;
     }
-    const int group = kt * kTileK / args.group_size;
+    const int group = (kt * kTileK) >> args.group_shift;
     if (group != const_group || nt != const_nt) {
       const_group = group;
       const_nt = nt;
@@ -466,26 +465,39 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
     if ((chunk >> 3) >= args.rows) smem[slot * L::kSize + L::kActOffset + chunk] = make_int4(0, 0, 0, 0);
   }
 
-  // Pipeline: slot i % kStages holds unit u_begin + i; kStages - 1 units are in flight ahead.
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_units) load_stage(s, u_begin + s);
+  // Pipeline: slot i % kStages holds unit u_begin + i; kStages - 1 units are in flight ahead. Unit
+  // coordinates and slots advance incrementally (no integer division in the loop).
+  int load_nt = u_begin / k_tiles;
+  int load_kt = u_begin - load_nt * k_tiles;
+  int nt = load_nt, kt = load_kt;
+  int load_slot = 0, read_slot = 0;
+  auto advance = [&](int& tile_n, int& tile_k) {
+    if (++tile_k == k_tiles) {
+      tile_k = 0;
+      ++tile_n;
+    }
+  };
+  auto issue_next = [&](int unit) {
+    if (unit < n_units) {
+      load_stage(load_slot, u_begin + unit, load_nt, load_kt);
+      advance(load_nt, load_kt);
+      load_slot = load_slot == kStages - 1 ? 0 : load_slot + 1;
+    }
     cp_async_commit();
-  }
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue_next(s);
   for (int i = 0; i < n_units; ++i) {
     cp_async_wait<kStages - 2>();
-    __syncthreads();  // unit i visible to all; slot (i - 1) % kStages no longer read by anyone
-    const int next = i + kStages - 1;
-    if (next < n_units) load_stage(next % kStages, u_begin + next);
-    cp_async_commit();
-    const int u = u_begin + i;
-    const int nt = u / k_tiles;
-    const int kt = u - nt * k_tiles;
-    compute_stage(i % kStages, nt, kt);
+    __syncthreads();  // unit i visible to all; the slot of unit i - 1 is no longer read by anyone
+    issue_next(i + kStages - 1);
+    compute_stage(read_slot, nt, kt);
+    read_slot = read_slot == kStages - 1 ? 0 : read_slot + 1;
     if (kt == k_tiles - 1 || i == n_units - 1) {
       finish_tile(nt);
       clear_acc();
     }
+    advance(nt, kt);
   }
   cp_async_wait<0>();
 }
@@ -592,8 +604,13 @@ cudaError_t lowbit_a16_gemm(ActDtype dtype, int bits, const void* x, const int32
                             const void* zero, const void* bias, void* out, float* workspace, int* counters,
                             int M, int N, int K, int group_size, const LowbitGemmPlan& plan,
                             cudaStream_t stream) {
-  if (group_size <= 0 || (group_size != K && group_size % kTileK != 0 && group_size != 32))
-    return cudaErrorInvalidValue;
+  // Group sizes are powers of two (32..256) or K (per-channel): the kernel finds a k-tile's group by shift.
+  int group_shift = 31;
+  if (group_size != K) {
+    if (group_size < 32 || (group_size & (group_size - 1)) != 0) return cudaErrorInvalidValue;
+    group_shift = 0;
+    while ((1 << group_shift) < group_size) ++group_shift;
+  }
   const size_t elem = 2;  // fp16 / bf16
   GemmArgs args;
   args.weight = reinterpret_cast<const int4*>(weight);
@@ -605,7 +622,7 @@ cudaError_t lowbit_a16_gemm(ActDtype dtype, int bits, const void* x, const int32
   args.N = N;
   args.K = K;
   args.n_pad = plan.n_tiles * kTileN;
-  args.group_size = group_size;
+  args.group_shift = group_shift;
   args.k_tiles = plan.k_tiles;
   args.total_units = plan.n_tiles * plan.k_tiles;
   args.units_per_block = plan.units_per_block;

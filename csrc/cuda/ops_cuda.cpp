@@ -64,7 +64,14 @@ at::Tensor lowbit_linear_repacked_cuda(const at::Tensor& x, const at::Tensor& we
   }
   for (const at::Tensor* t : {&weight_repacked, &scale_repacked}) {
     TORCH_CHECK(t->device() == x.device(), "all tensors must be on ", x.device());
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0,
+                "weight_repacked / scale_repacked must be 16-byte aligned (use the tensors repack_weight returns)");
   }
+  if (zero_repacked.has_value()) {
+    TORCH_CHECK(zero_repacked->device() == x.device(), "all tensors must be on ", x.device());
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(zero_ptr) % 16 == 0, "zero_repacked must be 16-byte aligned");
+  }
+  if (bias.has_value()) TORCH_CHECK(bias->device() == x.device(), "all tensors must be on ", x.device());
 
   const c10::cuda::CUDAGuard guard(x.device());
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
