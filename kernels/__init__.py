@@ -7,10 +7,10 @@
 
 Each launcher checks its arguments and runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
 """
-from .lowbit_dequantize import w_lowbit_dequantize
+from .lowbit_dequant import w_lowbit_dequantize
 from .lowbit_gemm import w_lowbit_gemm
 from .lowbit_gemv import w_lowbit_gemv
-from .lowbit_linear import lowbit_dequantize, lowbit_linear, lowbit_linear_2d
+from .linear_dispatch import lowbit_dequantize, lowbit_linear, lowbit_linear_2d
 
 __all__ = ["lowbit_dequantize", "lowbit_linear", "lowbit_linear_2d", "w_lowbit_dequantize", "w_lowbit_gemm",
            "w_lowbit_gemv"]

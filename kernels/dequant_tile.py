@@ -4,7 +4,8 @@ weight (``llmlite_kernels.formats.lowbit``, read as stored, no repack) and dequa
 Code ``k`` of row ``n`` sits at bits ``[k*BITS, k*BITS + BITS)`` of the row's little-endian bit stream
 (int32 words, ``words_per_row`` per row). For BITS in {2, 4, 8} a word holds ``32 // BITS`` whole codes,
 so the tile is loaded as ``[BLOCK_N, BLOCK_K * BITS // 32]`` contiguous words and each word is split by
-shifts; 3-bit codes may straddle two words and are gathered per code from their word (and the next one).
+shifts; 3-bit codes may straddle two words: a block of 32 codes is a triple of words, loaded as three
+tensors and split by selects and shifts (``_codes_gather``, one load per code, is the generic fallback).
 """
 import triton
 import triton.language as tl
@@ -23,6 +24,34 @@ def _codes_pow2(packed_ptr, offs_n, k0, n_mask, words_per_row, BLOCK_K: tl.const
     # [BLOCK_N, BLOCK_W, PER_WORD] -> [BLOCK_N, BLOCK_K]: column w*PER_WORD + j is code j of word w
     # (little-endian), the same order as k. Arithmetic shift is fine: the mask drops the sign bits.
     codes = (words[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
+    return tl.reshape(codes, (offs_n.shape[0], BLOCK_K))
+
+
+@triton.jit
+def _codes_3bit(packed_ptr, offs_n, k0, n_mask, words_per_row, BLOCK_K: tl.constexpr):
+    """Codes [BLOCK_N, BLOCK_K] (int32) for 3 bits; BLOCK_K % 32 == 0 and k0 % BLOCK_K == 0.
+
+    32 codes fill exactly 3 words, so the tile is BLOCK_K // 32 word triples (w0, w1, w2), loaded as three
+    [BLOCK_N, BLOCK_K // 32] tensors; code j of a triple starts at bit 3*j, in word 3*j // 32 at shift
+    3*j % 32, and codes 10 and 21 straddle into the next word of the triple.
+    """
+    TRIPLES: tl.constexpr = BLOCK_K // 32
+    offs_w = (k0 // 32 + tl.arange(0, TRIPLES)) * 3
+    row = packed_ptr + offs_n[:, None].to(tl.int64) * words_per_row + offs_w[None, :]
+    w0 = tl.load(row, mask=n_mask[:, None] & (offs_w[None, :] < words_per_row), other=0)
+    w1 = tl.load(row + 1, mask=n_mask[:, None] & (offs_w[None, :] + 1 < words_per_row), other=0)
+    w2 = tl.load(row + 2, mask=n_mask[:, None] & (offs_w[None, :] + 2 < words_per_row), other=0)
+    w0 = w0.to(tl.uint32, bitcast=True)[:, :, None]
+    w1 = w1.to(tl.uint32, bitcast=True)[:, :, None]
+    w2 = w2.to(tl.uint32, bitcast=True)[:, :, None]
+    j = tl.arange(0, 32)
+    word = ((3 * j) // 32)[None, None, :]
+    shift = ((3 * j) % 32)[None, None, :]
+    lo = tl.where(word == 0, w0, tl.where(word == 1, w1, w2))
+    hi = tl.where(word == 0, w1, w2)
+    straddles = shift > 29
+    codes = (lo >> shift.to(tl.uint32)) | tl.where(straddles, hi << ((32 - shift) & 31).to(tl.uint32), 0)
+    codes = (codes & 7).to(tl.int32)  # [BLOCK_N, TRIPLES, 32]
     return tl.reshape(codes, (offs_n.shape[0], BLOCK_K))
 
 
@@ -59,6 +88,8 @@ def dequant_tile(packed_ptr, scale_ptr, zero_ptr, offs_n, k0, N, K, words_per_ro
     mask = n_mask[:, None] & k_mask[None, :]
     if 32 % BITS == 0:
         q = _codes_pow2(packed_ptr, offs_n, k0, n_mask, words_per_row, BLOCK_K, BITS)
+    elif BITS == 3 and BLOCK_K % 32 == 0:
+        q = _codes_3bit(packed_ptr, offs_n, k0, n_mask, words_per_row, BLOCK_K)
     else:
         q = _codes_gather(packed_ptr, offs_n, offs_k, mask, words_per_row, BITS)
     row = offs_n.to(tl.int64) * num_groups

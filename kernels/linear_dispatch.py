@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import tuned_configs
 from .launch_params import checked_2d
-from .lowbit_dequantize import dequant_matmul, dequantize
+from .lowbit_dequant import dequant_matmul, dequantize
 from .lowbit_gemm import gemm
 from .lowbit_gemv import gemv_splitk
 

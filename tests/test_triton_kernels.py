@@ -21,7 +21,7 @@ kernels, _why = triton_backend.load()
 if kernels is None:
     pytest.skip(f"Triton kernels unavailable: {_why}", allow_module_level=True)
 
-from llmlite_kernels.kernels import launch_params, tuned_configs  # noqa: E402
+from llmlite_kernels.kernels import launch_params, linear_dispatch, tuned_configs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ACT_DTYPES = (torch.float16, torch.bfloat16)
@@ -109,7 +109,9 @@ ODD = [
     ("gemv", 17, 100, 37, 2, -1, False, torch.float32, False, {"split_k": 1}),
     ("gemv", 17, k_for(64, 3, 9), 72, 8, 64, True, torch.float16, False, {"block_k": 128, "split_k": 0}),
     ("gemv", 3, k_for(256, 1, 29), 41, 3, 256, True, torch.float32, True, {"block_m": 1, "block_k": 128}),
+    ("gemv", 3, k_for(32, 3, 5), 72, 3, 32, True, torch.float16, True, {"block_k": 16}),  # 3-bit gather path
     ("gemm", 1, k_for(32, 3, 5), 72, 3, 32, True, torch.bfloat16, True, {"block_k": 32, "split_k": 2}),
+    ("gemm", 17, k_for(64, 2, 3), 72, 3, 64, False, torch.float16, True, {"block_k": 16}),
     ("gemm", 17, k_for(128, 2, 37), 72, 4, 128, False, torch.float16, False, {"split_k": 0}),
     ("gemm", 17, 100, 37, 2, -1, True, torch.float32, True, {}),
     ("gemm", 3, k_for(64, 3, 9), 41, 8, 64, False, torch.float32, False, {"block_k": 128, "block_m": 32}),
@@ -179,8 +181,8 @@ def test_dispatch_by_m_runs_the_chosen_kernel(m, expected, monkeypatch):
     table = _table()
     assert tuned_configs.choose(table, m, 4, 32)[0] == expected
     ran = []
-    for name, runner in list(kernels.lowbit_linear.__globals__["RUNNERS"].items()):
-        monkeypatch.setitem(kernels.lowbit_linear.__globals__["RUNNERS"], name,
+    for name, runner in list(linear_dispatch.RUNNERS.items()):
+        monkeypatch.setitem(linear_dispatch.RUNNERS, name,
                             lambda *a, _n=name, _r=runner: ran.append(_n) or _r(*a))
     p = make(40, 96, 4, 32, True, torch.float16)
     x, b = inputs(m, 96, 40, torch.float16)
@@ -265,20 +267,26 @@ def _cuda_registered():
 cuda = pytest.mark.skipif(not _cuda_registered(), reason="Triton backend not registered for CUDA (no GPU)")
 
 
+# (bits, activation dtype, extra format): every bits at fp16, bf16 for two; g128 asymmetric always, plus
+# one more group/symmetry per case. Kept small: every combination is a Triton compile (~1 s) on the GPU.
+REAL_SIZE_CASES = [(2, torch.float16, (32, True)), (3, torch.float16, (64, False)), (4, torch.float16, (-1, True)),
+                   (8, torch.float16, (256, False)), (4, torch.bfloat16, (32, False)), (3, torch.bfloat16, (-1, True))]
+
+
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("m", [1, 5, 16, 64, 300, 2100])
-@pytest.mark.parametrize("bits", SUPPORTED_BITS, ids=lambda b: f"w{b}")
-@pytest.mark.parametrize("dtype", ACT_DTYPES, ids=str)
-def test_cuda_op_real_sizes(m, bits, dtype):
-    for group_size, symmetric, (k, n) in [(128, True, (4096, 1536)), (64, False, (1000, 2056)), (-1, False, (2048, 520))]:
+@pytest.mark.parametrize("bits, dtype, extra", REAL_SIZE_CASES, ids=lambda c: str(c))
+def test_cuda_op_real_sizes(bits, dtype, extra):
+    for (group_size, symmetric), (k, n) in [((128, False), (4096, 1536)), (extra, (1000, 2056))]:
         p = make(n, k, bits, group_size, symmetric, dtype)
-        x, b = inputs(m, k, n, dtype)
         w = (p.weight_packed, p.weight_scale, p.weight_zero_point)
-        out = torch.ops.llmlite.lowbit_linear(x, *w, b, bits, group_size)
-        assert_close_rel(out, lowbit_linear_ref(x, *w, b, bits, group_size).float(), dtype)
-        for launch in LINEAR_KERNELS.values():  # every kernel at real size with its default config
-            assert_close_rel(launch(x, p, b, config={}), lowbit_linear_ref(x, *w, b, bits, group_size).float(), dtype)
+        for m in (1, 5, 16, 64, 300, 2100):  # every rule of the default table
+            x, b = inputs(m, k, n, dtype)
+            ref = lowbit_linear_ref(x, *w, b, bits, group_size).float()
+            assert_close_rel(torch.ops.llmlite.lowbit_linear(x, *w, b, bits, group_size), ref, dtype)
+            if m in (16, 300):  # each kernel at real size with its default config
+                for launch in LINEAR_KERNELS.values():
+                    assert_close_rel(launch(x, p, b, config={}), ref, dtype)
 
 
 @pytest.mark.cuda
@@ -316,3 +324,27 @@ def test_cuda_torch_compile_fullgraph_and_cuda_graph():
         graph.replay()
         torch.cuda.synchronize()
         assert_close_rel(out, 2 * lowbit_linear_ref(xs, *w, b, 4, 128).float(), torch.float16)
+
+
+
+# ------------------------------------------------------------------ compiles for the GPU (no GPU needed)
+
+CASES_COMPILED = ["gemv-w3-asym-bf16", "gemv-w4-sym-fp16-m1", "gemm-w4-sym-fp16", "gemm-w3-asym-bf16-g32",
+                  "gemm-w8-fp32", "dequant-w2-per-channel", "splitk-reduce"]
+
+
+def test_kernels_compile_for_sm90():
+    """Ahead-of-time compile to an sm_90 cubin (outside the interpreter): no interpreter-only constructs."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia", reason="triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", "import llmlite_kernels.ops.triton_backend as t; t.load();"
+                          "from llmlite_kernels.kernels import aot_check; aot_check.main([])"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("cubin") == len(CASES_COMPILED), run.stdout
