@@ -289,3 +289,13 @@ def test_backend_supports_and_caches_the_repack():
     ident = id(pw.weight_packed)
     del pw, args
     assert ident not in cpp._CACHE  # dropped with the tensor
+
+
+def test_repack_in_row_blocks_equals_one_block(monkeypatch):
+    import llmlite_kernels.formats.mma_repack as mr
+
+    pw = quantize(torch.randn(700, 192), bits=4, group_size=64)
+    args = (pw.weight_packed, pw.weight_scale, pw.weight_zero_point, 4, 64, 192, torch.float16)
+    whole = mr.repack_weight(*args)
+    monkeypatch.setattr(mr, "_CHUNK_ELEMENTS", TILE_N * 192 * 2)  # 2 n-tiles per block: 3 blocks
+    assert torch.equal(mr.repack_weight(*args).weight, whole.weight)

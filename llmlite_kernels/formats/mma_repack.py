@@ -37,7 +37,7 @@ TILE_N = 128
 TILE_K = 64
 REPACK_BITS = (4, 8)
 REPACK_DTYPES = (torch.float16, torch.bfloat16)
-_CHUNK_ELEMENTS = 1 << 24  # codes per repack step: bounds the int64 temporaries to ~128 MiB
+_CHUNK_ELEMENTS = 1 << 24  # codes per repack step of repack_weight: int64 temporaries ~128 MiB
 
 
 @dataclass
@@ -98,16 +98,11 @@ def repack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         codes = torch.nn.functional.pad(codes, (0, 0, 0, n_pad - n))
     fields = 32 // bits
     shifts = torch.arange(fields, device=codes.device, dtype=torch.int64) * bits
-    tiles_per_step = max(1, _CHUNK_ELEMENTS // (TILE_N * k))
-    out = []
-    for start in range(0, n_pad, TILE_N * tiles_per_step):
-        block = codes[start:start + TILE_N * tiles_per_step].to(torch.int64)
-        nt = block.shape[0] // TILE_N
-        src = block.reshape(nt, *_SOURCE_SHAPE[bits][:3], k // TILE_K, *_SOURCE_SHAPE[bits][4:])
-        frag = src.permute(_TO_FRAGMENT[bits]).reshape(nt, k // TILE_K, -1, fields)
-        words = (frag << shifts).sum(-1)  # disjoint fields: sum == OR
-        out.append(torch.where(words >= 2**31, words - 2**32, words).to(torch.int32))
-    return torch.cat(out)
+    nt = n_pad // TILE_N
+    src = codes.to(torch.int64).reshape(nt, *_SOURCE_SHAPE[bits][:3], k // TILE_K, *_SOURCE_SHAPE[bits][4:])
+    frag = src.permute(_TO_FRAGMENT[bits]).reshape(nt, k // TILE_K, -1, fields)
+    words = (frag << shifts).sum(-1)  # disjoint fields: sum == OR
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
 def unrepack_codes(words: torch.Tensor, bits: int, out_features: int, in_features: int) -> torch.Tensor:
@@ -143,14 +138,16 @@ def repack_weight(weight_packed: torch.Tensor, weight_scale: torch.Tensor,
     n = check_packed(weight_packed, weight_scale, weight_zero_point, bits, group_size, in_features,
                      weight_packed.device)
     pad = padded_out_features(n) - n
-    codes = unpack_codes(weight_packed, bits, in_features)
+    # Row blocks of whole n-tiles keep the int64 temporaries of unpack/repack bounded for large layers.
+    rows = TILE_N * max(1, _CHUNK_ELEMENTS // (TILE_N * in_features))
+    words = torch.cat([repack_codes(unpack_codes(weight_packed[r:r + rows], bits, in_features), bits)
+                       for r in range(0, n, rows)])
 
     def k_major(t):
         return torch.nn.functional.pad(t.to(dtype), (0, 0, 0, pad)).t().contiguous()
 
     zero = None if weight_zero_point is None else k_major(weight_zero_point)
-    return MmaRepackedWeight(repack_codes(codes, bits), k_major(weight_scale), zero, bits, group_size,
-                             n, in_features)
+    return MmaRepackedWeight(words, k_major(weight_scale), zero, bits, group_size, n, in_features)
 
 
 def unrepack_weight(rw: MmaRepackedWeight):
