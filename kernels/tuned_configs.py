@@ -7,7 +7,7 @@ Schema::
      "dispatch": [ {"max_m": int | null, "bits": [int, ...] (optional), "group_sizes": [...] (optional),
                     "kernel": "gemv" | "gemm" | "dequant_matmul", "config": {...}}, ... ],
      "dequantize": {...},                       # lowbit_dequantize / dequant_matmul kernel config
-     "prefer_cuda_cpp": [ {"max_m": int, "bits": [...] (optional)}, ... ]}
+     "prefer_cuda_cpp": [ {"max_m": int, "min_m": int (optional), "bits": [...] (optional)}, ... ]}
 
 The first ``dispatch`` rule whose ``max_m`` (null = no limit) and filters admit (M, bits, group) wins.
 ``prefer_cuda_cpp`` says where the CUDA C++ kernel (when built and supporting the case) beats Triton.
@@ -45,7 +45,8 @@ def validate(table: dict, path: str = "<table>") -> dict:
     for rule in rules:
         if rule.get("kernel") not in KERNELS:
             raise ValueError(f"{path}: rule {rule} has kernel {rule.get('kernel')!r}; accepted: {KERNELS}")
-    if rules[-1].get("max_m") is not None or "bits" in rules[-1] or "group_sizes" in rules[-1]:
+    last = rules[-1]
+    if last.get("max_m") is not None or last.get("min_m", 0) > 0 or "bits" in last or "group_sizes" in last:
         raise ValueError(f"{path}: the last dispatch rule must match everything (max_m null, no filters)")
     return table
 
@@ -74,7 +75,7 @@ def table_for(device: torch.device) -> dict:
 
 def _admits(rule: dict, m: int, bits: int, group_size: int) -> bool:
     max_m = rule.get("max_m")
-    return ((max_m is None or m <= max_m)
+    return ((max_m is None or m <= max_m) and m >= rule.get("min_m", 0)
             and ("bits" not in rule or bits in rule["bits"])
             and ("group_sizes" not in rule or group_size in rule["group_sizes"]))
 

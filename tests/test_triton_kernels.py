@@ -204,6 +204,7 @@ def test_dispatch_rules_filter_by_bits_and_group():
     assert tuned_configs.prefers_cuda_cpp({"prefer_cuda_cpp": [{"max_m": 64, "bits": [4]}]}, 64, 4, 128)
     assert not tuned_configs.prefers_cuda_cpp({"prefer_cuda_cpp": [{"max_m": 64, "bits": [4]}]}, 65, 4, 128)
     assert not tuned_configs.prefers_cuda_cpp({}, 1, 4, 128)
+    assert not tuned_configs.prefers_cuda_cpp({"prefer_cuda_cpp": [{"max_m": 64, "min_m": 16}]}, 4, 4, 128)
 
 
 def test_shipped_config_tables_are_valid():
