@@ -1,96 +1,17 @@
-"""CPU tests of the CUDA GEMM's weight repack (formats/mma_repack.py) and of the kernel's index logic.
+"""CPU tests of the CUDA GEMM's weight repack (formats/mma_repack.py), its op and its backend module.
 
-Besides the bit-exact round trip, the kernel's reads are emulated in torch from the *thread's* side:
-for every (warp, lane, k-step, tile, element) the word and bit field the CUDA code reads, decoded with
-the same magic-number / byte-permute arithmetic, placed at the (n, k) the PTX mma.m16n8k16 B-fragment
-layout assigns to that register element. The result must equal the reference dequantization exactly.
+The bit-exact round trip, one-hot positions, argument errors, the ``lowbit_linear_repacked`` op on its
+CPU reference (+ opcheck), and the backend's repack cache. The kernel's own index logic is checked
+through its torch model in test_cuda_kernel_model.py.
 """
 import pytest
 import torch
 
 from llmlite_kernels.formats import quantize
-from llmlite_kernels.formats.lowbit import dequantize
 from llmlite_kernels.formats.mma_repack import (TILE_K, TILE_N, padded_out_features, repack_codes, repack_weight,
                                                 unrepack_codes, unrepack_weight)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _u32(x: int) -> int:
-    return x & 0xFFFFFFFF
-
-
-def byte_perm(x: torch.Tensor, y: int, selector: int) -> torch.Tensor:
-    """CUDA ``__byte_perm`` on int64 tensors holding 32-bit words."""
-    both = (x & 0xFFFFFFFF) | (y << 32)
-    out = torch.zeros_like(x)
-    for i in range(4):
-        src = (selector >> (4 * i)) & 7
-        out |= ((both >> (8 * src)) & 0xFF) << (8 * i)
-    return out
-
-
-def half_of(reg: torch.Tensor, high: torch.Tensor, dtype) -> torch.Tensor:
-    """The low or high 16-bit half of a 32-bit register, as a ``dtype`` value (returned in float32)."""
-    bits16 = (reg >> (16 * high)) & 0xFFFF
-    bits16 = torch.where(bits16 >= 2**15, bits16 - 2**16, bits16).to(torch.int16)
-    return bits16.view(dtype).float()
-
-
-def decode_like_kernel(word, t, r, bits, dtype, scale, zero):
-    """Element r of tile t from the lane's word(s), as the kernel's ``Dequant<T, BITS>`` computes it."""
-    hi_half = r % 2
-    scale = scale.to(dtype)
-    if bits == 4 and dtype == torch.float16:
-        src = word >> (8 * t)                          # lo = w (tile 0), hi = w >> 8 (tile 1)
-        mask = torch.where(r < 2, 0x000F000F, 0x00F000F0)
-        v = half_of((src & mask) | 0x64006400, hi_half, dtype)
-        q_minus_z = torch.where(r < 2, v - (1024 + zero), v * (1 / 16) - (64 + zero))
-    elif bits == 4:
-        src = word >> (4 * (2 * t + r // 2))
-        v = half_of((src & 0x000F000F) | 0x43004300, hi_half, dtype)
-        q_minus_z = v - (128 + zero)
-    elif dtype == torch.float16:
-        reg = torch.where(r < 2, byte_perm(word, 0x64646464, 0x4240), byte_perm(word, 0x64646464, 0x4341))
-        q_minus_z = half_of(reg, hi_half, dtype) - (1024 + zero)
-    else:
-        byte = torch.tensor([0, 2, 1, 3])[r]
-        f = torch.zeros_like(word)
-        for p in range(4):
-            f = torch.where(byte == p, byte_perm(word, 0x4B000000, 0x7440 | p), f)
-        f = torch.where(f >= 2**31, f - 2**32, f).to(torch.int32).view(torch.float32)
-        q_minus_z = (f - (8388608.0 + zero)).to(dtype).float()
-    # The integer step is exact in every path; the scale multiply is the one rounding (in dtype).
-    return (q_minus_z.to(dtype) * scale).float()
-
-
-def emulate_kernel_weight(rw, dtype):
-    """W [N, K] as the CUDA kernel's lanes see it, built from the lanes' side of the mapping."""
-    bits, n, k = rw.bits, rw.out_features, rw.in_features
-    n_tiles, k_tiles = rw.weight.shape[0], rw.weight.shape[1]
-    g = rw.kernel_group_size
-    grid = torch.meshgrid(torch.arange(n_tiles), torch.arange(k_tiles), torch.arange(8), torch.arange(32),
-                          torch.arange(4), torch.arange(2), torch.arange(4), indexing="ij")
-    nt, kt, warp, lane, j, t, r = (a.reshape(-1) for a in grid)
-    # Which 16-byte vector v and component c of the lane hold k-step j (tile t): see compute_stage.
-    lane_vectors = bits // 4
-    word_of_lane = j if bits == 4 else 2 * j + t
-    v, c = word_of_lane // 4, word_of_lane % 4
-    flat = ((warp * lane_vectors + v) * 32 + lane) * 4 + c
-    words = rw.weight.to(torch.int64).reshape(n_tiles, k_tiles, -1)[nt, kt, flat] & 0xFFFFFFFF
-    # Scale row staged for this k-tile (g0, plus the second row at j >= 2 when g == 32), lane's column.
-    col = nt * TILE_N + warp * 16 + t * 8 + lane // 4
-    group_row = kt * TILE_K // g + torch.where(torch.tensor(g == 32) & (j >= 2), 1, 0)
-    scale = rw.scale[group_row, col].float()
-    zero = (rw.zero[group_row, col].float() if rw.zero is not None
-            else torch.full_like(scale, 2 ** (bits - 1)))
-    vals = decode_like_kernel(words, t, r, bits, dtype, scale, zero)
-    # PTX m16n8k16 B fragment: b{r}: k = 2*(lane%4) + r%2 + 8*(r//2), n = lane//4.
-    n_idx = col
-    k_idx = kt * TILE_K + 16 * j + 2 * (lane % 4) + r % 2 + 8 * (r // 2)
-    w = torch.full((padded_out_features(n), k), float("nan"))
-    w[n_idx, k_idx] = vals
-    return w[:n]
 
 
 CASES = [  # (bits, group_size, symmetric, N, K)
@@ -119,18 +40,6 @@ def test_round_trip_bit_exact(case):
     assert (zero is None) == sym and (sym or torch.equal(zero, pw.weight_zero_point))
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_kernel_view_matches_reference_dequant(case, dtype):
-    bits, g, sym, n, k = case
-    pw = quantize(torch.randn(n, k), bits=bits, group_size=g, symmetric=sym, scale_dtype=dtype)
-    rw = repack_weight(pw.weight_packed, pw.weight_scale, pw.weight_zero_point, bits, g, k, dtype)
-    ref = dequantize(pw.weight_packed, pw.weight_scale, pw.weight_zero_point, bits, g, k, torch.float32)
-    got = emulate_kernel_weight(rw, dtype)
-    assert not torch.isnan(got).any(), "some (n, k) is read by no lane"
-    assert torch.equal(got, ref.to(dtype).float())
-
-
 def test_every_code_value_and_position_is_distinct():
     """Codes that encode their own position: a permutation error cannot cancel out."""
     for bits in (4, 8):
@@ -154,57 +63,6 @@ def test_every_code_value_and_position_is_distinct():
             assert word == ((warp * (bits // 4) + wi // 4) * 32 + lane) * 4 + wi % 4
             field = (2 * t + r // 2) + 4 * (r % 2) if bits == 4 else r // 2 + 2 * (r % 2)
             assert w[nt, kt, word].item() == 1 << (field * bits)
-
-
-def test_ldmatrix_addresses_give_the_mma_a_fragment():
-    """The kernel's swizzled activation staging + ldmatrix.x4 addresses deliver the PTX A fragment."""
-    rows, mb_count = 64, 4
-    logical = torch.arange(rows * TILE_K).reshape(rows, TILE_K)  # each element names itself
-    smem = torch.empty(rows * 8, 8, dtype=torch.int64)
-    for r in range(rows):  # load_stage: chunk c of row r -> chunk c ^ (r % 8)
-        for c in range(8):
-            smem[r * 8 + (c ^ (r & 7))] = logical[r, c * 8:(c + 1) * 8]
-    for mb in range(mb_count):
-        for j in range(4):
-            addr = []
-            for lane in range(32):  # compute_stage: a_row, a_chunk_hi
-                r = mb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8
-                addr.append(r * 8 + ((2 * j + (lane >> 4)) ^ (r & 7)))
-            for lane in range(32):
-                for i in range(4):  # register i <- matrix i, row lane/4 from lane 8i + lane/4
-                    chunk = smem[addr[8 * i + lane // 4]]
-                    for e in range(2):
-                        got = chunk[2 * (lane % 4) + e].item()
-                        row = mb * 16 + lane // 4 + 8 * (i & 1)
-                        kk = 16 * j + 2 * (lane % 4) + e + 8 * (i >> 1)
-                        assert got == logical[row, kk].item()
-
-
-def _stripes(n_tiles, k_tiles, slots_available):
-    """Mirror of lowbit_a16_gemm_plan + the kernel's tile ownership arithmetic."""
-    total = n_tiles * k_tiles
-    blocks = min(slots_available, total)
-    per_block = -(-total // blocks)
-    blocks = -(-total // per_block)
-    max_slots = -(-(k_tiles - 1) // per_block) + 1
-    return blocks, per_block, max_slots
-
-
-@pytest.mark.parametrize("n_tiles,k_tiles,avail", [(32, 64, 264), (224, 128, 264), (1, 3, 264), (7, 5, 3),
-                                                    (48, 64, 132), (1, 1, 1), (3, 200, 16)])
-def test_striped_partition_covers_each_unit_once(n_tiles, k_tiles, avail):
-    blocks, per_block, max_slots = _stripes(n_tiles, k_tiles, avail)
-    assert blocks <= avail
-    owners = {}
-    for b in range(blocks):
-        for u in range(b * per_block, min((b + 1) * per_block, n_tiles * k_tiles)):
-            owners.setdefault(u // k_tiles, set()).add(b)
-    assert sum(len(range(b * per_block, min((b + 1) * per_block, n_tiles * k_tiles))) for b in range(blocks)) \
-        == n_tiles * k_tiles
-    for nt in range(n_tiles):
-        first, last = nt * k_tiles // per_block, (nt * k_tiles + k_tiles - 1) // per_block
-        assert owners[nt] == set(range(first, last + 1))  # the arrival count the last block waits for
-        assert last - first + 1 <= max_slots
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
