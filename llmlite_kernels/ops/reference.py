@@ -9,7 +9,9 @@ import torch
 
 from ..formats.lowbit import canonical_group_size, check_packed, dequantize
 from ..formats.mma_repack import MmaRepackedWeight, check_repacked, unrepack_weight
-from .schemas import LIB, check_lowbit_linear
+from ..formats.sparse24 import decompress as sparse24_decompress
+from ..formats.sparse24 import decompress_lowbit as sparse24_decompress_lowbit
+from .schemas import LIB, check_lowbit_linear, check_sparse24_linear, check_sparse24_lowbit_linear
 
 
 def lowbit_linear_ref(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
@@ -43,3 +45,28 @@ def lowbit_linear_repacked_ref(x, weight_repacked, scale_repacked, zero_repacked
 
 
 LIB.impl("lowbit_linear_repacked", lowbit_linear_repacked_ref, "CompositeExplicitAutograd")
+
+
+def sparse24_linear_ref(x, values, meta, bias):
+    """``sparse24_linear``: float32 product with the decompressed 2:4 weight (formats/sparse24.py)."""
+    check_sparse24_linear(x, values, meta, bias)
+    w = sparse24_decompress(values, meta, x.shape[-1], torch.float32)
+    out = x.float() @ w.t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
+def sparse24_lowbit_linear_ref(x, weight_packed, weight_scale, weight_zero_point, meta, bias, bits, group_size):
+    """``sparse24_lowbit_linear``: the kept values dequantized to float32, scattered, multiplied in float32."""
+    check_sparse24_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, meta, bias, bits, group_size)
+    w = sparse24_decompress_lowbit(weight_packed, weight_scale, weight_zero_point, meta, bits,
+                                   canonical_group_size(group_size), x.shape[-1], torch.float32)
+    out = x.float() @ w.t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
+LIB.impl("sparse24_linear", sparse24_linear_ref, "CompositeExplicitAutograd")
+LIB.impl("sparse24_lowbit_linear", sparse24_lowbit_linear_ref, "CompositeExplicitAutograd")

@@ -11,6 +11,9 @@ import torch
 from .._checks import FLOAT_DTYPES, check_tensor
 from ..formats.lowbit import check_packed
 from ..formats.mma_repack import check_repacked
+from ..formats.sparse24 import check_lowbit_values, check_meta, check_values
+from ..formats.sparse24 import decompress as sparse24_decompress
+from ..formats.sparse24 import decompress_lowbit as sparse24_decompress_lowbit
 
 LIB = torch.library.Library("llmlite", "FRAGMENT")  # noqa: the ops below live as long as this module
 
@@ -89,3 +92,102 @@ def _lowbit_linear_repacked_fake(x, weight_repacked, scale_repacked, zero_repack
                                  out_features):
     check_repacked(x, weight_repacked, scale_repacked, zero_repacked, bias, bits, group_size, out_features)
     return x.new_empty(*x.shape[:-1], out_features)
+
+
+# 2:4 sparse weights (formats/sparse24.py): kept values [N, K4/2] + 2-bit indices ``meta``, either dense
+# values in x's dtype or low-bit codes. out = (x.float() @ decompress(W).T + bias.float()).to(x.dtype).
+LIB.define("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor")
+LIB.define(
+    "sparse24_lowbit_linear(Tensor x, Tensor weight_packed, Tensor weight_scale, Tensor? weight_zero_point, "
+    "Tensor meta, Tensor? bias, int bits, int group_size) -> Tensor"
+)
+
+
+def _check_bias(x, bias, n):
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=(x.dtype,), ndim=1, contiguous=True, device=x.device)
+        if bias.shape[0] != n:
+            raise ValueError(f"bias has {bias.shape[0]} elements; expected out_features={n}")
+
+
+def _check_x(x):
+    check_tensor("x", x, dtypes=FLOAT_DTYPES, contiguous=True)
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension [..., in_features], got shape {tuple(x.shape)}")
+
+
+def check_sparse24_linear(x, values, meta, bias) -> int:
+    """Validate the arguments of ``sparse24_linear`` (values in x's dtype); returns out_features."""
+    _check_x(x)
+    n = check_values(values, x.shape[-1], dtypes=(x.dtype,), device=x.device)
+    check_meta(meta, n, x.shape[-1], x.device)
+    _check_bias(x, bias, n)
+    return n
+
+
+def check_sparse24_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, meta, bias, bits,
+                                 group_size) -> int:
+    """Validate the arguments of ``sparse24_lowbit_linear``; returns out_features."""
+    _check_x(x)
+    n = check_lowbit_values(weight_packed, weight_scale, weight_zero_point, bits, group_size, x.shape[-1],
+                            x.device)
+    check_meta(meta, n, x.shape[-1], x.device)
+    _check_bias(x, bias, n)
+    return n
+
+
+@torch.library.register_fake("llmlite::sparse24_linear")
+def _sparse24_linear_fake(x, values, meta, bias):
+    return x.new_empty(*x.shape[:-1], check_sparse24_linear(x, values, meta, bias))
+
+
+@torch.library.register_fake("llmlite::sparse24_lowbit_linear")
+def _sparse24_lowbit_linear_fake(x, weight_packed, weight_scale, weight_zero_point, meta, bias, bits, group_size):
+    n = check_sparse24_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, meta, bias, bits,
+                                     group_size)
+    return x.new_empty(*x.shape[:-1], n)
+
+
+def _bias_grad(ctx, grad_out, has_bias, index):
+    if has_bias and ctx.needs_input_grad[index]:
+        return grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+    return None
+
+
+def _sparse24_linear_setup(ctx, inputs, output):
+    x, values, meta, bias = inputs
+    ctx.save_for_backward(values, meta)
+    ctx.meta = (x.shape[-1], bias is not None)
+
+
+def _sparse24_linear_backward(ctx, grad_out):
+    values, meta = ctx.saved_tensors
+    in_features, has_bias = ctx.meta
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad_out @ sparse24_decompress(values, meta, in_features, grad_out.dtype)
+    # The compressed weight is frozen: no gradient to values / meta.
+    return grad_x, None, None, _bias_grad(ctx, grad_out, has_bias, 3)
+
+
+def _sparse24_lowbit_linear_setup(ctx, inputs, output):
+    x, weight_packed, weight_scale, weight_zero_point, meta, bias, bits, group_size = inputs
+    ctx.save_for_backward(weight_packed, weight_scale, weight_zero_point, meta)
+    ctx.meta = (bits, group_size, x.shape[-1], bias is not None)
+
+
+def _sparse24_lowbit_linear_backward(ctx, grad_out):
+    weight_packed, weight_scale, weight_zero_point, meta = ctx.saved_tensors
+    bits, group_size, in_features, has_bias = ctx.meta
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        w = sparse24_decompress_lowbit(weight_packed, weight_scale, weight_zero_point, meta, bits, group_size,
+                                       in_features, grad_out.dtype)
+        grad_x = grad_out @ w
+    return grad_x, None, None, None, None, _bias_grad(ctx, grad_out, has_bias, 5), None, None
+
+
+torch.library.register_autograd("llmlite::sparse24_linear", _sparse24_linear_backward,
+                                setup_context=_sparse24_linear_setup)
+torch.library.register_autograd("llmlite::sparse24_lowbit_linear", _sparse24_lowbit_linear_backward,
+                                setup_context=_sparse24_lowbit_linear_setup)
