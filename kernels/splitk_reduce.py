@@ -11,8 +11,10 @@ def splitk_reduce_kernel(partial_ptr, bias_ptr, out_ptr, numel, N, SPLIT_K: tl.c
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(SPLIT_K):
-        acc += tl.load(partial_ptr + s * numel + offs, mask=mask, other=0.0)
+    partial = partial_ptr + offs
+    for _ in range(SPLIT_K):
+        acc += tl.load(partial, mask=mask, other=0.0)
+        partial += numel  # pointer arithmetic is 64-bit: no overflow for large S*M*N
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)

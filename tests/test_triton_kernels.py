@@ -259,6 +259,70 @@ def test_bad_arguments_raise_clear_errors():
         kernels.w_lowbit_gemv(x, *w, b.float(), 4, 32)
 
 
+
+@pytest.mark.parametrize("act, scale", [(torch.float16, torch.float32), (torch.float16, torch.bfloat16),
+                                        (torch.bfloat16, torch.float16), (torch.float32, torch.float32)],
+                         ids=str)
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+def test_scale_dtype_independent_of_activation_dtype(kernel, act, scale):
+    p = quantize(torch.randn(40, 100), 3, 32, False, scale_dtype=scale).to(DEVICE)
+    x, b = inputs(5, 100, 40, act)
+    ref = lowbit_linear_ref(x, p.weight_packed, p.weight_scale, p.weight_zero_point, b, 3, 32)
+    assert_close_rel(LINEAR_KERNELS[kernel](x, p, b), ref.float(), act)
+
+
+class _FakeCpp:
+    """Stands in for ops/cuda_cpp_backend.py: records calls, supports only 4-bit."""
+
+    def __init__(self):
+        self.calls = []
+
+    def supports(self, bits, group_size, symmetric, dtype, M, N, K):
+        return bits == 4
+
+    def lowbit_linear(self, x, *args):
+        self.calls.append(x.shape[0])
+        return lowbit_linear_ref(x, *args)
+
+
+@pytest.mark.parametrize("m, bits, expect", [(1, 4, "cpp"), (64, 4, "cpp"), (65, 4, "triton"), (1, 3, "triton")])
+def test_cuda_impl_prefers_cuda_cpp_where_the_table_says(m, bits, expect, monkeypatch):
+    """ops/cuda.py's per-call choice (run here on CPU tensors: the Triton side under the interpreter)."""
+    from llmlite_kernels.ops import cuda as cuda_ops
+    table = {**_table(gemv_max_m=2, gemm_max_m=128), "prefer_cuda_cpp": [{"max_m": 64}]}
+    monkeypatch.setattr(tuned_configs, "table_for", lambda device: table)
+    cpp = _FakeCpp()
+    linear, dequantize = cuda_ops._make_impls(kernels, cpp)
+    p = make(40, 96, bits, 32, False, torch.float16)
+    w = (p.weight_packed, p.weight_scale, p.weight_zero_point)
+    x, b = inputs(m, 96, 40, torch.float16)
+    out = linear(x.reshape(1, m, 96), *w, b, bits, 32)
+    assert cpp.calls == ([m] if expect == "cpp" else [])
+    assert_close_rel(out.reshape(m, 40), lowbit_linear_ref(x, *w, b, bits, 32).float(), torch.float16)
+    assert torch.equal(dequantize(*w, bits, 32, 96, torch.float32), p.dequantize())
+
+
+def test_cuda_impl_without_triton_uses_cuda_cpp_or_the_reference():
+    from llmlite_kernels.ops import cuda as cuda_ops
+    cpp = _FakeCpp()
+    linear, dequantize = cuda_ops._make_impls(None, cpp)
+    for bits, calls in [(4, [3]), (3, [3])]:  # 3-bit: unsupported by the C++ kernel -> reference
+        p = make(40, 96, bits, 32, True, torch.float32)
+        w = (p.weight_packed, p.weight_scale, p.weight_zero_point)
+        x, b = inputs(3, 96, 40, torch.float32)
+        assert_close_rel(linear(x, *w, b, bits, 32), lowbit_linear_ref(x, *w, b, bits, 32), torch.float32)
+        assert cpp.calls == calls
+    assert torch.equal(dequantize(*w, 3, 32, 96, torch.float32), p.dequantize())
+
+
+def test_backend_status_is_reported():
+    status = L.backends()["triton"]
+    assert isinstance(status["active"], bool) and status["why"]
+    if status["active"]:  # registered: the CUDA key runs ops/cuda.py
+        assert L.kernel_for("cuda") == "cuda"
+    if not torch.cuda.is_available():
+        assert not status["active"] and "no CUDA device" in status["why"]
+
 # ---------------------------------------------------------------------------------------------- GPU only
 
 def _cuda_registered():
