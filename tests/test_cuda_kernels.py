@@ -28,10 +28,14 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 GROUPS = (32, 64, 128, 256, -1)
 
 
-def _poison_allocator(nbytes: int):
-    """Leave a NaN-filled block in the caching allocator for the next allocations to reuse."""
-    junk = torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda")
-    del junk
+def _poison_allocator(out_shape, dtype, workspace_bytes):
+    """Leave NaN-filled free blocks, of the output's exact size and of a workspace's, in an otherwise
+    emptied caching allocator: the op's next allocations (output, then workspace) reuse them."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    junk_out = torch.full(out_shape, float("nan"), dtype=dtype, device="cuda")
+    junk_ws = torch.full((workspace_bytes // 4 + 1,), float("nan"), device="cuda")
+    del junk_out, junk_ws
 
 
 def make(n, k, bits, group_size, symmetric, dtype):
@@ -40,31 +44,18 @@ def make(n, k, bits, group_size, symmetric, dtype):
     return quantize(w, bits, group_size, symmetric, scale_dtype=scale_dtype)
 
 
-_BIG = {}
-
-
-def make_cached(n, k, bits, group_size, symmetric, dtype):
-    """Large weights are quantized and repacked once per module run (the model-sized shapes)."""
-    key = (n, k, bits, group_size, symmetric, dtype)
-    if key not in _BIG:
-        _BIG.clear()  # one at a time: a 70B gate_up weight is ~0.25 GB packed
-        p = make(n, k, bits, group_size, symmetric, dtype)
-        _BIG[key] = (p, cpp.prepare(p.weight_packed, p.weight_scale, p.weight_zero_point, bits, group_size, k,
-                                    dtype))
-    return _BIG[key]
-
-
-def run_and_check(m, n, k, bits, group_size, symmetric, dtype, with_bias=True, lead=(), cached=False):
-    if cached:
-        p, rw = make_cached(n, k, bits, group_size, symmetric, dtype)
-    else:
+def run_and_check(m, n, k, bits, group_size, symmetric, dtype, with_bias=True, lead=(), weights=None):
+    """Kernel vs reference on a fresh (or the given (PackedWeight, repacked)) weight; returns the call's data."""
+    if weights is None:
         p = make(n, k, bits, group_size, symmetric, dtype)
         rw = cpp.prepare(p.weight_packed, p.weight_scale, p.weight_zero_point, bits, group_size, k, dtype)
+    else:
+        p, rw = weights
     x = torch.randn(*lead, m, k, device="cuda", dtype=dtype)
     bias = torch.randn(n, device="cuda", dtype=dtype) if with_bias else None
     args = (p.weight_packed, p.weight_scale, p.weight_zero_point, bias, bits, group_size)
     ref = lowbit_linear_ref(x, *args)
-    _poison_allocator(4 * (m * n * 64 + n * 1024))
+    _poison_allocator((*lead, m, n), dtype, 4 * 64 * 8 * (n + 128))  # partials: <= 64 rows x 8 slots x N_pad
     out = cpp.linear_repacked(x, rw, bias)
     torch.cuda.synchronize()
     assert out.dtype == dtype and out.shape == (*lead, m, n)
@@ -92,12 +83,14 @@ LLAMA_SHAPES = {  # (N, K) of the linear layers, 8B and 70B
 }
 
 
-@pytest.mark.parametrize("m", [1, 16, 64])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("shape", LLAMA_SHAPES.values(), ids=LLAMA_SHAPES.keys())
-def test_llama_shapes_w4_g128(shape, dtype, m):
+def test_llama_shapes_w4_g128(shape, dtype):
     n, k = shape
-    run_and_check(m, n, k, 4, 128, False, dtype, cached=True)
+    p = make(n, k, 4, 128, False, dtype)  # quantized and repacked once for the three batch sizes
+    rw = cpp.prepare(p.weight_packed, p.weight_scale, p.weight_zero_point, 4, 128, k, dtype)
+    for m in (1, 16, 64):
+        run_and_check(m, n, k, 4, 128, False, dtype, weights=(p, rw))
 
 
 @pytest.mark.parametrize("bits", [4, 8])
