@@ -1,0 +1,41 @@
+"""Per-layer sensitivity of each candidate (bits, group_size): its size and its layer-output error."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from ..formats.lowbit import pack_weight
+from .clip_search import fake_quantize, searched_scales
+from .gptq import output_error
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to store one layer: ``size_bits`` counts codes, scales and zero points."""
+
+    bits: int
+    group_size: int
+    size_bits: int
+    error: float
+
+
+@torch.no_grad()
+def layer_options(weight: torch.Tensor, hessian: Optional[torch.Tensor], candidate_bits: Sequence[int],
+                  candidate_group_sizes: Sequence[int], symmetric: bool, scale_dtype: Optional[torch.dtype] = None,
+                  clip_search: bool = False) -> list:
+    """Every candidate's exact packed size and its Hessian-weighted error ``tr((W-Q) H (W-Q)^T)`` for
+    round-to-nearest ``Q`` (``hessian=None``: the plain squared error)."""
+    scale_dtype = scale_dtype or (torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float16)
+    w = weight.detach().float()
+    diag = None if hessian is None else hessian.diagonal()
+    options = []
+    for bits in candidate_bits:
+        for group in candidate_group_sizes:
+            s, z = searched_scales(w, bits, group, symmetric, scale_dtype, diag, clip_search)
+            size = pack_weight(w, s, z, bits, group).nbytes * 8
+            q = fake_quantize(w, s, z, bits, group)
+            err = float((w - q).pow(2).sum()) if hessian is None else output_error(w, q, hessian)
+            options.append(Option(bits, group, size, err))
+    return options
