@@ -36,14 +36,27 @@ def lowbit_gemv_splitk_kernel(
     # This split covers K blocks [kb_start, kb_end); the last split may be shorter (or empty).
     kb_start = pid_k * blocks_per_split
     kb_end = tl.minimum(kb_start + blocks_per_split, tl.cdiv(K, BLOCK_K))
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(kb_start, kb_end):
-        k0 = kb * BLOCK_K
-        w = dequant_tile(packed_ptr, scale_ptr, zero_ptr, offs_n, k0, N, K, words_per_row, num_groups,
-                         BLOCK_K, BITS, GROUP, SYMMETRIC)  # [BLOCK_N, BLOCK_K] fp32
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & (offs_k[None, :] < K), other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, None, :] * w[None, :, :], axis=2)
+    if BLOCK_M == 1:
+        # Decode: keep per-lane partial products and reduce along K once, after the loop (no cross-thread
+        # reduction per iteration).
+        acc_nk = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for kb in range(kb_start, kb_end):
+            k0 = kb * BLOCK_K
+            w = dequant_tile(packed_ptr, scale_ptr, zero_ptr, offs_n, k0, N, K, words_per_row, num_groups,
+                             BLOCK_K, BITS, GROUP, SYMMETRIC)  # [BLOCK_N, BLOCK_K] fp32
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + offs_m.to(tl.int64) * K + offs_k, mask=m_mask & (offs_k < K), other=0.0)
+            acc_nk += w * x.to(tl.float32)[None, :]
+        acc = tl.sum(acc_nk, axis=1)[None, :]
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kb in range(kb_start, kb_end):
+            k0 = kb * BLOCK_K
+            w = dequant_tile(packed_ptr, scale_ptr, zero_ptr, offs_n, k0, N, K, words_per_row, num_groups,
+                             BLOCK_K, BITS, GROUP, SYMMETRIC)
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+            acc += tl.sum(x.to(tl.float32)[:, None, :] * w[None, :, :], axis=2)
 
     if HAS_BIAS:  # only set when there is a single split (else the reduce adds it)
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
