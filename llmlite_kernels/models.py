@@ -47,9 +47,14 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None, calibratio
     """Replace, in place, every selected Linear of ``model`` by a :class:`QuantLinear`; returns ``model``.
 
     ``calibration_texts`` (strings tokenized with ``tokenizer``, or a LongTensor of token windows) is
-    used by calibrated methods; round-to-nearest needs none.
+    used by calibrated methods; round-to-nearest needs none. ``config.method`` picks the algorithm
+    ("rtn" default and fast; "gptq", "awq", "awq+gptq" and ``bits="auto"`` run ``quantize.apply``).
     """
     config = config or QuantConfig()
+    if config.calibrated or config.clip_search:
+        from .quantize.apply import quantize_calibrated
+
+        return quantize_calibrated(model, config, calibration_texts, tokenizer, progress)
     targets = list(iter_linears(model, config.include, config.exclude))
     if not targets:
         raise ValueError("no nn.Linear/Conv1D layer matched the config's include/exclude filters")
