@@ -9,6 +9,7 @@ only when a CUDA device is present and at least one of the two imports; the outc
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import torch
@@ -29,6 +30,13 @@ def _cuda_cpp():
     return module if module.available() else None
 
 
+def _on_device(device):
+    """``torch.cuda.device(device)`` when it is not the current CUDA device, else a no-op (cheap per call)."""
+    if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
 def _make_impls(kernels, cpp):
     tables = kernels.tuned_configs if kernels is not None else None
 
@@ -44,8 +52,9 @@ def _make_impls(kernels, cpp):
         if use_cpp:
             out = cpp.lowbit_linear(x2, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
         elif kernels is not None:
-            out = kernels.lowbit_linear_2d(x2, weight_packed, weight_scale, weight_zero_point, bias, bits,
-                                           group_size, n, table)
+            with _on_device(x.device):  # Triton launches on the current device
+                out = kernels.lowbit_linear_2d(x2, weight_packed, weight_scale, weight_zero_point, bias, bits,
+                                               group_size, n, table)
         else:  # CUDA C++ only, and it does not cover this case (reported in backends()["triton"])
             return lowbit_linear_ref(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
         return out.reshape(*x.shape[:-1], n)
@@ -56,8 +65,9 @@ def _make_impls(kernels, cpp):
                                          in_features, dtype)
         check_packed(weight_packed, weight_scale, weight_zero_point, bits, group_size, in_features,
                      weight_packed.device)
-        return kernels.lowbit_dequantize(weight_packed, weight_scale, weight_zero_point, bits, group_size,
-                                         in_features, dtype)
+        with _on_device(weight_packed.device):
+            return kernels.lowbit_dequantize(weight_packed, weight_scale, weight_zero_point, bits, group_size,
+                                             in_features, dtype)
 
     return lowbit_linear_cuda, lowbit_dequantize_cuda
 
