@@ -59,8 +59,8 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+__device__ __forceinline__ void cp_async16_s(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
@@ -145,6 +145,20 @@ struct Act<__nv_bfloat16> {
   }
 };
 
+// Opaque to the compiler: a value computed once per thread stays in a register instead of being
+// recomputed in the main loop.
+__device__ __forceinline__ void pin(uint32_t& v) { asm volatile("" : "+r"(v)); }
+template <typename P>
+__device__ __forceinline__ void pin(const P*& p) { asm volatile("" : "+l"(p)); }
+
+// (a & b) | c in one LOP3 (the compiler splits it in two when b and c are both immediates).
+template <uint32_t B, uint32_t C>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(a), "n"(B), "n"(C));
+  return r;
+}
+
 template <typename T, int BITS>
 __device__ __forceinline__ GroupConst make_group_const(T scale, float zero) {
   GroupConst c;
@@ -174,10 +188,10 @@ struct Dequant<__half, 4> {
     constexpr uint32_t kSixteenth = 0x2c002c00u;  // 1/16 in each half
     const uint32_t lo = w[J];
     const uint32_t hi = lo >> 8;
-    b[0][0] = A::mul(A::sub((lo & 0x000f000fu) | kMagic, g[0].bias2), g[0].scale2);
-    b[0][1] = A::mul(A::fma((lo & 0x00f000f0u) | kMagic, kSixteenth, g[0].bias2b), g[0].scale2);
-    b[1][0] = A::mul(A::sub((hi & 0x000f000fu) | kMagic, g[1].bias2), g[1].scale2);
-    b[1][1] = A::mul(A::fma((hi & 0x00f000f0u) | kMagic, kSixteenth, g[1].bias2b), g[1].scale2);
+    b[0][0] = A::mul(A::sub(and_or<0x000f000fu, kMagic>(lo), g[0].bias2), g[0].scale2);
+    b[0][1] = A::mul(A::fma(and_or<0x00f000f0u, kMagic>(lo), kSixteenth, g[0].bias2b), g[0].scale2);
+    b[1][0] = A::mul(A::sub(and_or<0x000f000fu, kMagic>(hi), g[1].bias2), g[1].scale2);
+    b[1][1] = A::mul(A::fma(and_or<0x00f000f0u, kMagic>(hi), kSixteenth, g[1].bias2b), g[1].scale2);
   }
 };
 
@@ -188,10 +202,10 @@ struct Dequant<__nv_bfloat16, 4> {
     using A = Act<__nv_bfloat16>;
     constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in each bf16: 7 mantissa bits, so shift per nibble
     const uint32_t v = w[J];
-    b[0][0] = A::mul(A::sub((v & 0x000f000fu) | kMagic, g[0].bias2), g[0].scale2);
-    b[0][1] = A::mul(A::sub(((v >> 4) & 0x000f000fu) | kMagic, g[0].bias2), g[0].scale2);
-    b[1][0] = A::mul(A::sub(((v >> 8) & 0x000f000fu) | kMagic, g[1].bias2), g[1].scale2);
-    b[1][1] = A::mul(A::sub(((v >> 12) & 0x000f000fu) | kMagic, g[1].bias2), g[1].scale2);
+    b[0][0] = A::mul(A::sub(and_or<0x000f000fu, kMagic>(v), g[0].bias2), g[0].scale2);
+    b[0][1] = A::mul(A::sub(and_or<0x000f000fu, kMagic>(v >> 4), g[0].bias2), g[0].scale2);
+    b[1][0] = A::mul(A::sub(and_or<0x000f000fu, kMagic>(v >> 8), g[1].bias2), g[1].scale2);
+    b[1][1] = A::mul(A::sub(and_or<0x000f000fu, kMagic>(v >> 12), g[1].bias2), g[1].scale2);
   }
 };
 
@@ -270,31 +284,55 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
   const int n_units = u_end - u_begin;
   if (n_units <= 0) return;
 
-  // Issue the copies of unit u = (n-tile nt, k-tile kt) into pipeline slot `slot`.
-  auto load_stage = [&](int slot, int u, int nt, int kt) {
-    int4* st = smem + slot * L::kSize;
-    // Codes: the repacked tensor is [n-tile][k-tile][128x64 tile], so unit u is one contiguous tile.
-    const int4* src = args.weight + static_cast<size_t>(u) * L::kWeight;
+  // Per-thread copy assignments, fixed for the whole kernel; load_stage only adds the unit's offsets.
+  const uint32_t smem_base = smem_addr(smem);
+  // Codes: the repacked tensor is [n-tile][k-tile][128x64 tile] and a block's units are consecutive, so
+  // the block streams one contiguous range: 16 bytes per thread (x2 for W8) per unit.
+  const int4* w_src = args.weight + static_cast<size_t>(u_begin) * L::kWeight + tid;
+  // Activations (valid rows only; the rest are zeroed once below): row r, 16-byte chunk c (8 halves)
+  // lands at chunk c ^ (r % 8) of the row, so the 8 rows an ldmatrix reads at one logical chunk hit 8
+  // different bank groups. Thread tid copies chunk tid % 8 of rows tid / 8 and tid / 8 + 32.
+  const int a_row = tid >> 3, a_chunk = tid & 7;
+  const T* a_src = x + a_row * K + a_chunk * 8;  // rows <= 64, K < 2^24: int offsets suffice
+  uint32_t a_dst = (L::kActOffset + a_row * 8 + (a_chunk ^ (a_row & 7))) * 16;
+  constexpr int kActRowsPerPass = kThreads / 8;  // 32 rows per pass; (row + 32) % 8 == row % 8
+  // Scales / zero points: threads 0-31 copy the scale rows, 64-95 the zero-point rows, of the group
+  // row(s) the k-tile touches (16 chunks of 8 columns per row; 2 rows when g = 32). Copied only when the
+  // unit's (group, n-tile) differs from the previous unit's: compute_stage reads them exactly then.
+  const int group_rows = two_groups ? 2 : 1;
+  const bool is_zero_thread = tid >= 64;
+  const int sz_id = is_zero_thread ? tid - 64 : tid;
+  const bool sz_copies = sz_id < 16 * group_rows && (!is_zero_thread || (has_zero && tid < 96));
+  const T* sz_src = (is_zero_thread && has_zero ? zero : scale) + (sz_id >> 4) * args.n_pad + (sz_id & 15) * 8;
+  uint32_t sz_dst = ((is_zero_thread ? L::kZeroOffset : L::kScaleOffset) + sz_id) * 16;
+  uint32_t sz_flag = sz_copies, a_flag0 = a_row < args.rows, a_flag1 = a_row + kActRowsPerPass < args.rows;
+  uint32_t w_dst = tid * 16;
+  int loaded_group = -1, loaded_nt = -1;
+  // Keep these in registers: otherwise ptxas re-derives them from threadIdx in every pipeline step.
+  pin(sz_src);
+  pin(sz_dst);
+  pin(sz_flag);
+  pin(a_src);
+  pin(a_dst);
+  pin(a_flag0);
+  pin(a_flag1);
+  pin(w_dst);
+
+  // Issue the copies of the block's next unit (n-tile nt, k-tile kt) into the slot at shared address st.
+  auto load_stage = [&](uint32_t st, int nt, int kt) {
 #pragma unroll
-    for (int i = 0; i < L::kWeight / kThreads; ++i) cp_async16(st + tid + i * kThreads, src + tid + i * kThreads);
-    // Activations (valid rows only; the rest were zeroed once): row r, 16-byte chunk c (8 halves) lands
-    // at chunk c ^ (r % 8) of the row, so the 8 rows an ldmatrix reads at one logical chunk hit 8
-    // different bank groups.
-    for (int i = tid; i < args.rows * 8; i += kThreads) {
-      const int r = i >> 3, c = i & 7;
-      cp_async16(st + L::kActOffset + r * 8 + (c ^ (r & 7)), x + static_cast<size_t>(r) * K + kt * kTileK + c * 8);
+    for (int i = 0; i < L::kWeight / kThreads; ++i) cp_async16_s(st + w_dst + i * kThreads * 16, w_src + i * kThreads);
+    w_src += L::kWeight;
+#pragma unroll
+    for (int pass = 0; pass < (L::kAct + kThreads - 1) / kThreads; ++pass) {
+      if (pass == 0 ? a_flag0 : a_flag1)
+        cp_async16_s(st + a_dst + pass * kActRowsPerPass * 8 * 16, a_src + pass * kActRowsPerPass * K + kt * kTileK);
     }
-    // Scales and zero points of the groups this k-tile touches: 16 chunks of 8 columns per group row.
-    const int group_rows = two_groups ? 2 : 1;
-    const int g0 = (kt * kTileK) >> args.group_shift;
-    if (tid < 16 * group_rows) {
-      const int gr = tid >> 4, c = tid & 15;
-      const size_t off = static_cast<size_t>(g0 + gr) * args.n_pad + nt * kTileN + c * 8;
-      cp_async16(st + L::kScaleOffset + gr * 16 + c, scale + off);
-    } else if (has_zero && tid >= 64 && tid < 64 + 16 * group_rows) {
-      const int gr = (tid - 64) >> 4, c = (tid - 64) & 15;
-      const size_t off = static_cast<size_t>(g0 + gr) * args.n_pad + nt * kTileN + c * 8;
-      cp_async16(st + L::kZeroOffset + gr * 16 + c, zero + off);
+    const int group = (kt * kTileK) >> args.group_shift;
+    if (group != loaded_group || nt != loaded_nt) {
+      loaded_group = group;
+      loaded_nt = nt;
+      if (sz_flag) cp_async16_s(st + sz_dst, sz_src + group * args.n_pad + nt * kTileN);
     }
   };
 
@@ -320,6 +358,16 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
       g[t] = make_group_const<T, BITS>(s[col], zf);
     }
   };
+
+  // ldmatrix.x4 row addresses (offsets in a slot) of MMA row block 0 for k-steps J = 0..3: lanes 0-7 /
+  // 8-15 / 16-23 / 24-31 give rows of the four 8x8 matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15), i.e.
+  // the a0a1, a2a3, a4a5, a6a7 registers of the A fragment. Row block mb adds 16 rows (same swizzle).
+  uint32_t ld_offset[4];
+  {
+    const int r = (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) ld_offset[j] = (L::kActOffset + r * 8 + ((2 * j + (lane >> 4)) ^ (r & 7))) * 16;
+  }
 
   // Group constants of the k-steps 0-1 / 2-3 of the current stage; rebuilt only when the stage's
   // group (or n-tile) differs from the previous stage's (g >= 128: every other stage or never).
@@ -349,21 +397,13 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
         g_second[1] = g_first[1];
       }
     }
-    const uint32_t act_base = smem_addr(st + L::kActOffset);
-    // ldmatrix.x4 row addresses: lanes 0-7 / 8-15 / 16-23 / 24-31 give rows of the four 8x8 matrices
-    // (rows 0-7 | 8-15) x (k 0-7 | 8-15), i.e. the a0a1, a2a3, a4a5, a6a7 registers of the A fragment.
-    const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8;
-    const int a_chunk_hi = lane >> 4;
+    const uint32_t slot_addr = smem_base + slot * (L::kSize * 16);
 
     auto kstep = [&](auto j_const) {
       constexpr int J = decltype(j_const)::value;
       uint32_t a[MB][4];
 #pragma unroll
-      for (int mb = 0; mb < MB; ++mb) {
-        const int r = mb * 16 + a_row;
-        const int c = (2 * J + a_chunk_hi) ^ (r & 7);
-        ldmatrix_x4(a[mb], act_base + (r * 8 + c) * 16);
-      }
+      for (int mb = 0; mb < MB; ++mb) ldmatrix_x4(a[mb], slot_addr + ld_offset[J] + mb * (16 * 8 * 16));
       uint32_t b[2][2];
       Dequant<T, BITS>::template run<J>(w, J < 2 ? g_first : g_second, b);
 #pragma unroll
@@ -470,7 +510,8 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
   int load_nt = u_begin / k_tiles;
   int load_kt = u_begin - load_nt * k_tiles;
   int nt = load_nt, kt = load_kt;
-  int load_slot = 0, read_slot = 0;
+  int read_slot = 0;
+  uint32_t load_st = smem_base;  // shared address of the slot the next unit is copied into
   auto advance = [&](int& tile_n, int& tile_k) {
     if (++tile_k == k_tiles) {
       tile_k = 0;
@@ -479,9 +520,9 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
   };
   auto issue_next = [&](int unit) {
     if (unit < n_units) {
-      load_stage(load_slot, u_begin + unit, load_nt, load_kt);
+      load_stage(load_st, load_nt, load_kt);
       advance(load_nt, load_kt);
-      load_slot = load_slot == kStages - 1 ? 0 : load_slot + 1;
+      load_st = load_st == smem_base + (kStages - 1) * (L::kSize * 16) ? smem_base : load_st + L::kSize * 16;
     }
     cp_async_commit();
   };
