@@ -78,9 +78,10 @@ def dequant_tile(packed_ptr, scale_ptr, zero_ptr, offs_n, k0, N, K, words_per_ro
                  BLOCK_K: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, SYMMETRIC: tl.constexpr):
     """Dequantized weight tile W[offs_n, k0:k0+BLOCK_K] as float32 [BLOCK_N, BLOCK_K]; 0 outside [N, K].
 
-    GROUP is the group size (a power of two), or 0 for per-channel (one group per row). When a block
-    never crosses a group boundary (per-channel, or BLOCK_K <= GROUP: both powers of two and k0 a multiple
-    of BLOCK_K), one scale/zero point per row serves the whole tile.
+    GROUP is the group size (a power of two), or 0 for per-channel (one group per row). BLOCK_K and GROUP
+    are powers of two and k0 a multiple of BLOCK_K, so a tile either lies inside one group (per-channel, or
+    BLOCK_K <= GROUP: one scale/zero point per row) or holds BLOCK_K // GROUP whole groups (one load of
+    [BLOCK_N, groups] scales, broadcast over the tile viewed as [BLOCK_N, groups, GROUP]).
     """
     offs_k = k0 + tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
@@ -105,11 +106,21 @@ def dequant_tile(packed_ptr, scale_ptr, zero_ptr, offs_n, k0, N, K, words_per_ro
             z = tl.load(zero_ptr + row + group, mask=n_mask, other=0).to(tl.float32)[:, None]
         # Columns >= K get weight 0 (their codes may be row-end padding or the next row's bits).
         s = tl.where(k_mask[None, :], s, 0.0)
+        w = (q.to(tl.float32) - z) * s
     else:
-        idx = row[:, None] + (offs_k // GROUP)[None, :]
-        s = tl.load(scale_ptr + idx, mask=mask, other=0).to(tl.float32)
+        # BLOCK_K // GROUP whole groups per tile: one scale/zero point per (row, group), applied to the
+        # tile viewed as [BLOCK_N, groups, GROUP].
+        GROUPS: tl.constexpr = BLOCK_K // GROUP
+        offs_g = k0 // GROUP + tl.arange(0, GROUPS)
+        g_mask = n_mask[:, None] & (offs_g[None, :] < num_groups)
+        idx = row[:, None] + offs_g[None, :]
+        s = tl.load(scale_ptr + idx, mask=g_mask, other=0).to(tl.float32)[:, :, None]
         if SYMMETRIC:
             z = 1 << (BITS - 1)
         else:
-            z = tl.load(zero_ptr + idx, mask=mask, other=0).to(tl.float32)
-    return (q.to(tl.float32) - z) * s
+            z = tl.load(zero_ptr + idx, mask=g_mask, other=0).to(tl.float32)[:, :, None]
+        q3 = tl.reshape(q, (offs_n.shape[0], GROUPS, GROUP)).to(tl.float32)
+        w = tl.reshape((q3 - z) * s, (offs_n.shape[0], BLOCK_K))
+        # Columns >= K of the partial last group share its scale: zero them explicitly.
+        w = tl.where(k_mask[None, :], w, 0.0)
+    return w
