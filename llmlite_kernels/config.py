@@ -18,10 +18,10 @@ class QuantConfig:
 
     bits / group_size (-1 or None: per-channel) / symmetric: the packed format (``formats.lowbit``).
     method: the algorithm choosing the values: "rtn" (round to nearest, no calibration, the default),
-    "gptq", "awq" (activation-aware scaling then RTN) or "awq+gptq" (``llmlite_kernels.quantize``).
+    "gptq", "awq" (activation-aware scaling then RTN) or "awq+gptq" (``llmlite_kernels.quantization``).
     bits="auto" with avg_bits=: per-layer (bits, group_size) chosen among candidate_bits x
     candidate_group_sizes by measured sensitivity so the average bits per weight, scales and zero points
-    included, stays <= avg_bits (``quantize.allocate``).
+    included, stays <= avg_bits (``quantization.allocate``).
     act_order / static_groups / damp / block_size: GPTQ options (act-order implies static groups).
     clip_search: search each group's clipping ratio (MSE weighted by the input second moment).
     awq_grid: number of AWQ exponents tried in [0, 1).

@@ -48,11 +48,11 @@ def quantize_(model: nn.Module, config: Optional[QuantConfig] = None, calibratio
 
     ``calibration_texts`` (strings tokenized with ``tokenizer``, or a LongTensor of token windows) is
     used by calibrated methods; round-to-nearest needs none. ``config.method`` picks the algorithm
-    ("rtn" default and fast; "gptq", "awq", "awq+gptq" and ``bits="auto"`` run ``quantize.apply``).
+    ("rtn" default and fast; "gptq", "awq", "awq+gptq" and ``bits="auto"`` run ``quantization.apply``).
     """
     config = config or QuantConfig()
     if config.calibrated or config.clip_search:
-        from .quantize.apply import quantize_calibrated
+        from .quantization.apply import quantize_calibrated
 
         return quantize_calibrated(model, config, calibration_texts, tokenizer, progress)
     targets = list(iter_linears(model, config.include, config.exclude))

@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..formats.lowbit import pack_weight
+from ..formats.bitpack import packed_words
+from ..formats.lowbit import PackedWeight
 from .clip_search import fake_quantize, searched_scales
 from .gptq import output_error
 
@@ -34,7 +35,8 @@ def layer_options(weight: torch.Tensor, hessian: Optional[torch.Tensor], candida
     for bits in candidate_bits:
         for group in candidate_group_sizes:
             s, z = searched_scales(w, bits, group, symmetric, scale_dtype, diag, clip_search)
-            size = pack_weight(w, s, z, bits, group).nbytes * 8
+            codes = torch.empty(w.shape[0], packed_words(w.shape[1], bits), dtype=torch.int32)  # sized, unused
+            size = PackedWeight(codes, s, z, tuple(w.shape), bits, group).nbytes * 8
             q = fake_quantize(w, s, z, bits, group)
             err = float((w - q).pow(2).sum()) if hessian is None else output_error(w, q, hessian)
             options.append(Option(bits, group, size, err))
