@@ -35,12 +35,14 @@ SHAPES = {  # name: (K in_features, N out_features)
     "70B gate_up": (8192, 57344), "70B down": (28672, 8192),
 }
 BATCHES = (1, 16, 64, 256, 2048)
+DEVICE = "cuda"  # the ops' tensors (a CPU smoke test of this script sets "cpu", with TRITON_INTERPRET=1)
 FP16_BASELINE = "cuBLAS fp16"
 INT4_BASELINE = "torch int4pack W4 g128"
 
 
-def _random_packed(k, n, bits, group_size, symmetric, scale_dtype, device="cuda"):
+def _random_packed(k, n, bits, group_size, symmetric, scale_dtype, device=None):
     """Random codes (every bit pattern is a valid code), small scales, zero points: one stored layer."""
+    device = device or DEVICE
     packed = torch.randint(-2**31, 2**31 - 1, (n, packed_words(k, bits)), dtype=torch.int32, device=device)
     groups = num_groups(k, group_size)
     scale = (torch.rand(n, groups, device=device) * 0.01 + 0.001).to(scale_dtype)
@@ -63,8 +65,8 @@ class CublasFp16:
         return 2 * k * n
 
     def prepare(self, k, n, m):
-        return (torch.randn(m, k, device="cuda", dtype=torch.float16),
-                torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02)
+        return (torch.randn(m, k, device=DEVICE, dtype=torch.float16),
+                torch.randn(n, k, device=DEVICE, dtype=torch.float16) * 0.02)
 
     def compute(self, x, w):
         return F.linear(x, w)
@@ -86,13 +88,13 @@ class TorchInt4Pack:
         return int(k * n * self.bytes_per_weight(k))
 
     def prepare(self, k, n, m):
-        codes = torch.randint(0, 16, (n, k), dtype=torch.int32, device="cuda")
+        codes = torch.randint(0, 16, (n, k), dtype=torch.int32, device=DEVICE)
         try:  # torch >= 2.5: uint8 [N, K/2], two codes per byte (high nibble first)
             packed = torch._convert_weight_to_int4pack((codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8), 8)
         except RuntimeError:  # older torch: int32 [N, K]
             packed = torch._convert_weight_to_int4pack(codes, 8)
-        scales_and_zeros = (torch.rand(k // self.group_size, n, 2, device="cuda") * 0.01).to(torch.bfloat16)
-        return torch.randn(m, k, device="cuda", dtype=torch.bfloat16), packed, scales_and_zeros
+        scales_and_zeros = (torch.rand(k // self.group_size, n, 2, device=DEVICE) * 0.01).to(torch.bfloat16)
+        return torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16), packed, scales_and_zeros
 
     def compute(self, x, packed, scales_and_zeros):
         return torch._weight_int4pack_mm(x, packed, self.group_size, scales_and_zeros)
@@ -120,7 +122,7 @@ class TritonLowbit:
 
     def prepare(self, k, n, m):
         packed, scale, zero = _random_packed(k, n, self.bits, self.group_size, self.symmetric, self.dtype)
-        x = torch.randn(m, k, device="cuda", dtype=self.dtype)
+        x = torch.randn(m, k, device=DEVICE, dtype=self.dtype)
         return x, packed, scale, zero, n
 
     def compute(self, x, packed, scale, zero, n):
@@ -146,7 +148,7 @@ def registry():
 def copy_bandwidth_gbps(nbytes=2**30) -> float:
     """Device-to-device copy bandwidth (read + write bytes per second): the roofline's bandwidth."""
     from triton.testing import do_bench
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    src = torch.empty(nbytes, dtype=torch.uint8, device=DEVICE)
     dst = torch.empty_like(src)
     ms = do_bench(lambda: dst.copy_(src), warmup=10, rep=50, return_mode="median")
     return 2 * nbytes / (ms * 1e-3) / 1e9

@@ -323,6 +323,41 @@ def test_backend_status_is_reported():
     if not torch.cuda.is_available():
         assert not status["active"] and "no CUDA device" in status["why"]
 
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU session runs the real benchmark")
+def test_gpu_benchmark_script_runs_on_the_interpreter(monkeypatch, capsys):
+    """Smoke test of benchmarks/bench_gpu_lowbit.py on CPU tensors (timings faked): registry, table, JSON."""
+    import importlib.util
+    import json
+    import os
+    import types
+
+    import triton.testing
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        "bench_gpu_lowbit.py")
+    spec = importlib.util.spec_from_file_location("bench_gpu_lowbit", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.undo()  # real torch.empty: the benchmark allocates freely
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: (fn(), 0.01)[1])
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(name="interpreter", multi_processor_count=4))
+    ops = [bench.CublasFp16(), bench.TorchInt4Pack(), bench.TritonLowbit(4, 128), bench.TritonLowbit(3, 128)]
+    for op in ops:
+        monkeypatch.setattr(op, "available", lambda: True)
+    # tinygemm is CUDA-only: stand-in prepare/compute keep its column (and the x int4pack speed-ups).
+    monkeypatch.setattr(bench.TorchInt4Pack, "prepare", lambda self, k, n, m: ())
+    monkeypatch.setattr(bench.TorchInt4Pack, "compute", lambda self: None)
+    header, rows = bench.run({"tiny": (256, 72)}, (1, 17), ops, log=lambda *a: None)
+    assert len(rows) == 2 * len(ops)
+    assert {r["op"] for r in rows} == {op.name for op in ops}
+    assert all(r["x_fp16"] == 1.0 and r["us"] == 10.0 for r in rows)
+    table = bench.format_table(header, rows)
+    assert "triton W3 g128 asym" in table and "%roof" in table and "x int4pk" in table
+    json.dumps(rows)
+
 # ---------------------------------------------------------------------------------------------- GPU only
 
 def _cuda_registered():
