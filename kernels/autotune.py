@@ -26,6 +26,7 @@ from llmlite_kernels.formats.lowbit import num_groups
 from . import tuned_configs
 from .linear_dispatch import RUNNERS
 
+DEVICE = "cuda"  # a CPU smoke test sets "cpu" (TRITON_INTERPRET=1)
 SHAPES = [(4096, 14336), (14336, 4096)]  # (K, N): an up- and a down-projection
 QUICK_SHAPES = [(4096, 14336)]
 
@@ -40,13 +41,14 @@ GEMM = [dict(block_m=bm, block_n=bn, block_k=bk, group_m=8, split_k=sk, num_warp
             (64, 64, 64, 0, 4, 3), (64, 128, 64, 0, 4, 3), (64, 128, 64, 1, 4, 4), (128, 128, 64, 1, 8, 3),
             (128, 256, 64, 1, 8, 3), (128, 128, 32, 1, 4, 4), (64, 256, 64, 1, 8, 3)]]
 DEQUANT = dict(block_n=32, block_k=128, num_warps=4)
+LARGE_M = (64, 256, 1024, 2048)  # GEMM buckets; the last one's rule (if GEMM still wins) covers every larger M
 
 
 def _layer(k, n, bits, group_size=128, dtype=torch.float16):
-    packed = torch.randint(-2**31, 2**31 - 1, (n, packed_words(k, bits)), dtype=torch.int32, device="cuda")
+    packed = torch.randint(-2**31, 2**31 - 1, (n, packed_words(k, bits)), dtype=torch.int32, device=DEVICE)
     groups = num_groups(k, group_size)
-    scale = (torch.rand(n, groups, device="cuda") * 0.01 + 0.001).to(dtype)
-    zero = torch.randint(0, 2**bits, (n, groups), dtype=torch.uint8, device="cuda")
+    scale = (torch.rand(n, groups, device=DEVICE) * 0.01 + 0.001).to(dtype)
+    zero = torch.randint(0, 2**bits, (n, groups), dtype=torch.uint8, device=DEVICE)
     return packed, scale, zero
 
 
@@ -66,7 +68,7 @@ class Tuner:
         total = 0.0
         for k, n in self.shapes:
             packed, scale, zero = self.layer(k, n, bits)
-            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
             if cpp is not None:
                 fn = lambda: cpp.lowbit_linear(x, packed, scale, zero, None, bits, 128)  # noqa: E731
             else:
@@ -105,7 +107,7 @@ def tune(shapes=SHAPES, budget_s=180.0, log=print) -> dict:
         chosen[m] = t.best(gemv + gemm, m, 4)
         rules.append({"max_m": m, "kernel": chosen[m][0], "config": chosen[m][1]})
     crossover = None
-    for m in (64, 256, 1024, 2048):
+    for m in LARGE_M:
         kernel, config, us = t.best([("gemm", c) for c in GEMM if c["block_m"] <= m], m, 4)
         dense_us = t.time_us("dequant_matmul", DEQUANT, m, 4)
         log(f"  M={m:<5} dequant + cuBLAS: {dense_us:.1f} µs")
@@ -113,7 +115,7 @@ def tune(shapes=SHAPES, budget_s=180.0, log=print) -> dict:
         if dense_us < us:
             crossover = m
             break
-        rules.append({"max_m": m if m < 2048 else None, "kernel": kernel, "config": config})
+        rules.append({"max_m": None if m == LARGE_M[-1] else m, "kernel": kernel, "config": config})
     if crossover is not None or rules[-1]["max_m"] is not None:
         rules.append({"max_m": None, "kernel": "dequant_matmul", "config": DEQUANT})
 

@@ -358,6 +358,40 @@ def test_gpu_benchmark_script_runs_on_the_interpreter(monkeypatch, capsys):
     assert "triton W3 g128 asym" in table and "%roof" in table and "x int4pk" in table
     json.dumps(rows)
 
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU session runs the real autotune")
+def test_autotune_writes_a_valid_table_on_the_interpreter(monkeypatch, tmp_path):
+    """kernels/autotune.py end to end on CPU tensors, timings faked (a random draw per config)."""
+    import json
+    import random
+
+    import triton.testing
+
+    from llmlite_kernels.kernels import autotune
+
+    monkeypatch.undo()
+    rng = random.Random(0)
+    monkeypatch.setattr(autotune, "DEVICE", "cpu")
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: (fn(), rng.random())[1])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Interpreter GPU")
+    monkeypatch.setattr(autotune, "SHAPES", [(256, 40)])
+    monkeypatch.setattr(autotune, "GEMV_M1", autotune.GEMV_M1[:2])  # fewer candidates: the interpreter is slow
+    monkeypatch.setattr(autotune, "GEMV_SMALL", [c for c in autotune.GEMV_SMALL if c["block_k"] == 32])
+    monkeypatch.setattr(autotune, "GEMM", [c for c in autotune.GEMM if c["block_n"] == 64][:2])
+    monkeypatch.setattr(autotune, "LARGE_M", (64, 96))
+    out = tmp_path / "table.json"
+    assert autotune.main(["--out", str(out)]) == 0
+    table = tuned_configs.validate(json.loads(out.read_text()))
+    assert table["gpu"] == "Interpreter GPU"
+    assert [r["bits"] for r in table["dispatch"][:4]] == [[4], [8], [3], [2]]
+    p = make(40, 96, 4, 32, False, torch.float16)
+    for m in (1, 3, 16, 100):  # the tuned table drives the launchers
+        x, b = inputs(m, 96, 40, torch.float16)
+        out_m = kernels.lowbit_linear(x, p.weight_packed, p.weight_scale, p.weight_zero_point, b, 4, 32, table=table)
+        ref = lowbit_linear_ref(x, p.weight_packed, p.weight_scale, p.weight_zero_point, b, 4, 32)
+        assert_close_rel(out_m, ref.float(), torch.float16)
+
 # ---------------------------------------------------------------------------------------------- GPU only
 
 def _cuda_registered():
