@@ -70,3 +70,20 @@ def sparse24_lowbit_linear_ref(x, weight_packed, weight_scale, weight_zero_point
 
 LIB.impl("sparse24_linear", sparse24_linear_ref, "CompositeExplicitAutograd")
 LIB.impl("sparse24_lowbit_linear", sparse24_lowbit_linear_ref, "CompositeExplicitAutograd")
+
+
+def masked_linear_ref(x, weight, mask_bits, bias):
+    """``masked_linear``: ``x @ (W * M).T + bias`` accumulated in float32 (float64 for float64 inputs).
+
+    Also the CPU path: the mask is unpacked once per call and the product runs on torch's matmul."""
+    from ..formats.bitmask import masked_weight
+    from .schemas import check_masked_linear
+
+    check_masked_linear(x, weight, mask_bits, bias)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    w = masked_weight(weight, mask_bits).to(acc)
+    out = torch.nn.functional.linear(x.to(acc), w, None if bias is None else bias.to(acc))
+    return out.to(x.dtype)
+
+
+LIB.impl("masked_linear", masked_linear_ref, "CompositeExplicitAutograd")

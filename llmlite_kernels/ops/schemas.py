@@ -191,3 +191,62 @@ torch.library.register_autograd("llmlite::sparse24_linear", _sparse24_linear_bac
                                 setup_context=_sparse24_linear_setup)
 torch.library.register_autograd("llmlite::sparse24_lowbit_linear", _sparse24_lowbit_linear_backward,
                                 setup_context=_sparse24_lowbit_linear_setup)
+
+
+# Masked dense linear for training pruned layers (nn/sparse_linear.py): out = x @ (W * M).T + bias with the
+# mask M stored as bits (formats/bitmask.py). Gradients: to x, to W (zero wherever M is 0), to bias.
+LIB.define("masked_linear(Tensor x, Tensor weight, Tensor mask_bits, Tensor? bias) -> Tensor")
+
+MASKED_DTYPES = FLOAT_DTYPES + (torch.float64,)
+
+
+def check_masked_linear(x, weight, mask_bits, bias) -> int:
+    """Validate the arguments of ``masked_linear``; returns out_features."""
+    from ..formats.bitmask import check_mask_bits
+
+    check_tensor("x", x, dtypes=MASKED_DTYPES, contiguous=True)
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension [..., in_features], got shape {tuple(x.shape)}")
+    check_tensor("weight", weight, dtypes=(x.dtype,), ndim=2, contiguous=True, device=x.device)
+    n, k = weight.shape
+    if k != x.shape[-1]:
+        raise ValueError(f"weight has in_features={k} but x has {x.shape[-1]} features in its last dimension")
+    check_mask_bits(mask_bits, n, k, x.device)
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=(x.dtype,), ndim=1, contiguous=True, device=x.device)
+        if bias.shape[0] != n:
+            raise ValueError(f"bias has {bias.shape[0]} elements; expected out_features={n}")
+    return n
+
+
+@torch.library.register_fake("llmlite::masked_linear")
+def _masked_linear_fake(x, weight, mask_bits, bias):
+    return x.new_empty(*x.shape[:-1], check_masked_linear(x, weight, mask_bits, bias))
+
+
+def _masked_linear_setup(ctx, inputs, output):
+    x, weight, mask_bits, bias = inputs
+    ctx.save_for_backward(x, weight, mask_bits)
+    ctx.has_bias = bias is not None
+
+
+def _masked_linear_backward(ctx, grad_out):
+    from ..formats.bitmask import masked_weight, unpack_mask
+
+    x, weight, mask_bits = ctx.saved_tensors
+    acc = torch.promote_types(x.dtype, torch.float32)
+    g = grad_out.reshape(-1, grad_out.shape[-1]).to(acc)
+    grad_x = grad_w = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = (g @ masked_weight(weight, mask_bits).to(acc)).to(x.dtype).reshape(x.shape)
+    if ctx.needs_input_grad[1]:
+        full = g.t() @ x.reshape(-1, x.shape[-1]).to(acc)
+        mask = unpack_mask(mask_bits, weight.shape[1])
+        grad_w = torch.where(mask, full, torch.zeros((), dtype=acc, device=full.device)).to(weight.dtype)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = g.sum(0).to(x.dtype)
+    return grad_x, grad_w, None, grad_bias
+
+
+torch.library.register_autograd("llmlite::masked_linear", _masked_linear_backward,
+                                setup_context=_masked_linear_setup)

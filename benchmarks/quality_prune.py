@@ -1,0 +1,57 @@
+"""Pruning quality on SmolLM2-135M: perplexity (the 40-window WikiText-2 test protocol) and wall time of
+each method x pattern, calibrated on the WikiText-2 validation text.
+
+    python benchmarks/quality_prune.py                       # every configuration of the README table
+    python benchmarks/quality_prune.py --runs wanda:unstructured sparsegpt:2:4 --windows 10
+
+Wall times are for this machine's CPU (2 cores, shared with other jobs while measured: treat as upper bounds).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from llmlite_kernels import PruneConfig, load_model, prune_
+from llmlite_kernels.eval import wikitext_perplexity
+from llmlite_kernels.prune import model_sparsity
+from llmlite_kernels.report import format_table
+
+DEFAULT_RUNS = ("magnitude:unstructured", "magnitude:2:4", "wanda:unstructured", "wanda:2:4", "sparsegpt:unstructured",
+                "sparsegpt:2:4", "sparsegpt_recon:2:4")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="method:pattern entries")
+    parser.add_argument("--windows", type=int, default=40, help="perplexity windows (40 = the protocol)")
+    parser.add_argument("--calib-windows", type=int, default=None, help="calibration windows (default: config's)")
+    parser.add_argument("--scope", default="row", choices=("row", "layer"))
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    dense, tokenizer = load_model()
+    rows = [["fp32 (dense)", "-", "0.000", f"{wikitext_perplexity(dense, tokenizer, n_windows=args.windows, progress=False).ppl:.2f}", "-"]]
+    print(format_table(["method", "pattern", "sparsity", "ppl", "prune s"], rows), flush=True)
+    for run in args.runs:
+        method, pattern = run.split(":", 1)
+        extra = {} if args.calib_windows is None else {"calib_windows": args.calib_windows}
+        config = PruneConfig(method=method, pattern=pattern, scope=args.scope, **extra)
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        prune_(model, config, tokenizer=tokenizer, progress=False)
+        seconds = time.perf_counter() - start
+        ppl = wikitext_perplexity(model, tokenizer, n_windows=args.windows, progress=False).ppl
+        rows.append([method, pattern if pattern != "unstructured" else f"50% {args.scope}",
+                     f"{model_sparsity(model):.3f}", f"{ppl:.2f}", f"{seconds:.0f}"])
+        print(rows[-1], flush=True)
+        del model
+    print()
+    print(format_table(["method", "pattern", "sparsity", f"ppl ({args.windows}x512)", "prune s"], rows,
+                       title=f"SmolLM2-135M, WikiText-2 test, {torch.get_num_threads()} threads"))
+
+
+if __name__ == "__main__":
+    main()
