@@ -1,16 +1,26 @@
-"""Triton kernels of llmlite-kernels (installed as ``llmlite_kernels.kernels``).
+"""Triton kernels of llmlite-kernels (installed as ``llmlite_kernels.kernels``): ``lowbit_linear`` on the
+stored packed format (``llmlite_kernels.formats.lowbit``, read as is: no repack).
 
-* ``w_lowbit_gemv``       dequant-fused split-K GEMV / skinny GEMM (small M)
-* ``w_lowbit_gemm``       tensor-core GEMM dequantizing weight tiles on the fly (medium M)
-* ``w_lowbit_dequantize`` packed weight -> dense (``lowbit_dequantize``; large-M dequant + cuBLAS)
-* ``lowbit_linear``       the three above, chosen by M from ``configs/<gpu>.json``
+Kernels (each module: the ``@triton.jit`` kernel, an unchecked launcher, a checked ``w_*`` function):
 
-Each launcher checks its arguments and runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
+* ``lowbit_gemv.py``    ``w_lowbit_gemv``: dequant-fused split-K GEMV / skinny GEMM (small M, CUDA cores)
+* ``lowbit_gemm.py``    ``w_lowbit_gemm``: tensor-core GEMM, weight tiles dequantized before ``tl.dot``
+* ``lowbit_dequant.py`` ``w_lowbit_dequantize``: packed -> dense (the op ``lowbit_dequantize``, and the
+  large-M path dequantize + cuBLAS)
+* ``dequant_tile.py``   the shared device code: unpack 2/3/4/8-bit codes and apply scales/zero points
+* ``splitk_reduce.py``  the split-K epilogue (sum of fp32 partials + bias, cast)
+
+Choice and tuning: ``linear_dispatch.lowbit_linear`` picks the kernel and its config by M (and bits/group)
+from ``configs/<gpu-name>.json`` (``tuned_configs.py``; ``configs/default.json`` for other GPUs), written
+offline by ``python -m llmlite_kernels.kernels.autotune`` on the GPU: nothing is tuned at call time.
+``aot_check.py`` compiles every kernel for sm_90 without a GPU. ``llmlite_kernels/ops/cuda.py`` registers
+all this as the CUDA implementation of the ops. Each launcher runs on CUDA tensors, or on CPU tensors under
+TRITON_INTERPRET=1 (the tests).
 """
+from .linear_dispatch import lowbit_dequantize, lowbit_linear, lowbit_linear_2d
 from .lowbit_dequant import w_lowbit_dequantize
 from .lowbit_gemm import w_lowbit_gemm
 from .lowbit_gemv import w_lowbit_gemv
-from .linear_dispatch import lowbit_dequantize, lowbit_linear, lowbit_linear_2d
 
 __all__ = ["lowbit_dequantize", "lowbit_linear", "lowbit_linear_2d", "w_lowbit_dequantize", "w_lowbit_gemm",
            "w_lowbit_gemv"]

@@ -21,8 +21,13 @@ import re
 
 import torch
 
+from .lowbit_dequant import DEFAULT_CONFIG as DEQUANT_KEYS
+from .lowbit_gemm import DEFAULT_CONFIG as GEMM_KEYS
+from .lowbit_gemv import DEFAULT_CONFIG as GEMV_KEYS
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-KERNELS = ("gemv", "gemm", "dequant_matmul")
+CONFIG_KEYS = {"gemv": set(GEMV_KEYS), "gemm": set(GEMM_KEYS), "dequant_matmul": set(DEQUANT_KEYS)}
+KERNELS = tuple(CONFIG_KEYS)
 
 
 def gpu_slug(name: str) -> str:
@@ -45,6 +50,10 @@ def validate(table: dict, path: str = "<table>") -> dict:
     for rule in rules:
         if rule.get("kernel") not in KERNELS:
             raise ValueError(f"{path}: rule {rule} has kernel {rule.get('kernel')!r}; accepted: {KERNELS}")
+        unknown = set(rule.get("config", {})) - CONFIG_KEYS[rule["kernel"]]
+        if unknown:
+            raise ValueError(f"{path}: rule {rule} has unknown config keys {sorted(unknown)}; accepted: "
+                             f"{sorted(CONFIG_KEYS[rule['kernel']])}")
     last = rules[-1]
     if last.get("max_m") is not None or last.get("min_m", 0) > 0 or "bits" in last or "group_sizes" in last:
         raise ValueError(f"{path}: the last dispatch rule must match everything (max_m null, no filters)")

@@ -227,6 +227,7 @@ def test_shipped_config_tables_are_valid():
     ({"dispatch": []}, "non-empty"),
     ({"dispatch": [{"max_m": None, "kernel": "cublas"}]}, "kernel"),
     ({"dispatch": [{"max_m": 4, "kernel": "gemv"}]}, "last dispatch rule"),
+    ({"dispatch": [{"max_m": None, "kernel": "gemm", "config": {"blockk": 64}}]}, "unknown config keys"),
 ])
 def test_bad_config_table_is_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
