@@ -2,8 +2,10 @@
 in average bits per weight (codes, scales and zero points all counted).
 
 Exact multiple-choice knapsack by dynamic programming over sizes discretised in units of
-``ceil(budget / max_units)`` bits, each option's size rounded *up*: the plan never exceeds the budget, and
-is the exact optimum when the unit is 1 bit (small problems).
+``ceil(spare / max_units)`` bits, where ``spare`` is the budget left once every layer has its smallest
+option and each option is counted by its size *above* that smallest one, rounded *up*: the plan never
+exceeds the budget, any budget >= the smallest plan is feasible, and the plan is the exact optimum when
+the unit is 1 bit (small problems).
 """
 from __future__ import annotations
 
@@ -25,14 +27,17 @@ def allocate(options: Dict[str, List[Option]], budget_bits: int, max_units: int 
     if smallest > budget_bits:
         raise ValueError(f"the budget of {budget_bits} bits is below the smallest plan ({smallest} bits): "
                          "raise avg_bits or add smaller candidates")
-    unit = max(1, math.ceil(budget_bits / max_units))
-    capacity = budget_bits // unit
+    base = {n: min(o.size_bits for o in options[n]) for n in names}
+    spare = budget_bits - smallest
+    unit = max(1, math.ceil(spare / max_units))
+    capacity = spare // unit
+    extra = lambda name, opt: -(-(opt.size_bits - base[name]) // unit)
     best = np.zeros(capacity + 1)  # best[c]: least error of the layers so far within c units
     choices = np.zeros((len(names), capacity + 1), dtype=np.int16)
     for li, name in enumerate(names):
         new = np.full(capacity + 1, np.inf)
         for oi, opt in enumerate(options[name]):
-            units = -(-opt.size_bits // unit)
+            units = extra(name, opt)
             if units > capacity:
                 continue
             cand = np.full(capacity + 1, np.inf)
@@ -47,7 +52,7 @@ def allocate(options: Dict[str, List[Option]], budget_bits: int, max_units: int 
     for li in range(len(names) - 1, -1, -1):
         opt = options[names[li]][choices[li, c]]
         plan[names[li]] = opt
-        c -= -(-opt.size_bits // unit)
+        c -= extra(names[li], opt)
     return {n: plan[n] for n in names}
 
 

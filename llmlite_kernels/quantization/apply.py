@@ -18,7 +18,7 @@ from ..nn.quant_linear import QuantLinear, linear_weight
 from .allocate import allocate, format_plan, plan_summary
 from .awq import awq_scale_block, rescale_hessian
 from .clip_search import searched_scales
-from .gptq import gptq_quantize
+from .gptq import gptq_quantize, single_thread
 from .sensitivity import layer_options
 
 
@@ -114,6 +114,7 @@ def plan_bits(model: nn.Module, targets: Dict[str, nn.Module], windows: torch.Lo
     return summary
 
 
+@single_thread()
 def _measure(stats, targets, options, config):
     for name in stats.xtx.keys() | stats.alias.keys():
         options[name] = layer_options(linear_weight(targets[name]), stats.hessian(name), config.candidate_bits,
@@ -149,17 +150,9 @@ def quantize_calibrated(model: nn.Module, config: QuantConfig, calibration_texts
             with SharedInputStats(names) as stats:
                 inputs.run(block)
             hessians = {n: stats.hessian(n) for n in names}
-            if use_awq:
-                rel = lambda n: n[len(block_prefix):]
-                scales = awq_scale_block(block, {rel(n): h for n, h in hessians.items()},
-                                         {rel(n): settings[n] for n in names}, config.symmetric,
-                                         grid=config.awq_grid)
-                hessians = {n: rescale_hessian(h, scales[rel(n)]) if rel(n) in scales else h
-                            for n, h in hessians.items()}
-            for name, module in names.items():
-                bits, group = settings[name]
-                _swap(model, name, quantize_linear(module, hessians[name], bits, group, config, use_gptq))
-                done.add(name)
+            with single_thread():
+                _quantize_block(model, block, names, hessians, settings, config, block_prefix, use_awq, use_gptq)
+            done.update(names)
             del stats, hessians
     for name, module in targets.items():
         if name not in done:
@@ -169,3 +162,17 @@ def quantize_calibrated(model: nn.Module, config: QuantConfig, calibration_texts
     if plan is not None:
         model.llmlite_bit_plan = plan
     return model
+
+
+def _quantize_block(model, block, names, hessians, settings, config, block_prefix, use_awq, use_gptq):
+    """AWQ scaling (optional) then GPTQ or RTN of every selected Linear of one block."""
+    if use_awq:
+        rel = lambda n: n[len(block_prefix):]
+        scales = awq_scale_block(block, {rel(n): h for n, h in hessians.items()},
+                                 {rel(n): settings[n] for n in names}, config.symmetric,
+                                 grid=config.awq_grid)
+        hessians = {n: rescale_hessian(h, scales[rel(n)]) if rel(n) in scales else h
+                    for n, h in hessians.items()}
+    for name, module in names.items():
+        bits, group = settings[name]
+        _swap(model, name, quantize_linear(module, hessians[name], bits, group, config, use_gptq))

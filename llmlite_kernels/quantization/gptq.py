@@ -14,6 +14,7 @@ The minimised error is ``tr((W - Q) H (W - Q)^T)`` with ``H = X^T X / tokens`` (
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,6 +51,17 @@ def _inverse_hessian_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
                 return u
     raise ValueError("the calibration Hessian is not positive definite even after dampening; "
                      "use more calibration tokens or a larger damp")
+
+
+class single_thread(contextlib.ContextDecorator):
+    """Run on one thread: the many small ops of these loops only pay for thread synchronisation."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
 
 
 @torch.no_grad()
@@ -97,9 +109,20 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
     w, h = w[:, perm], h[perm][:, perm]
     group_of = (perm // g).tolist()  # group of each visited column, by its original index
     u = _inverse_hessian_cholesky(h, damp)
+    with single_thread():
+        codes = _quantize_columns(w, u, scale, zero, decided, group_of, diag, bits, g, symmetric, scale_dtype,
+                                  block_size, clip_search)
+    return _result(weight, hessian, codes[:, torch.argsort(perm)], scale, zero, bits, group_size)
+
+
+def _quantize_columns(w, u, scale, zero, decided, group_of, diag, bits, g, symmetric, scale_dtype, block_size,
+                      clip_search) -> torch.Tensor:
+    """The GPTQ pass over the (permuted) columns of ``w``, updating ``w``, ``scale`` and ``zero`` in place."""
+    n, k = w.shape
     maxq = 2**bits - 1
     sf = scale.float()
-    zf = None
+    zf = None if zero is None else zero.float()
+    half = float(2 ** (bits - 1))
     q_all = torch.zeros(n, k, dtype=torch.int64, device=w.device)
 
     for b0 in range(0, k, block_size):
@@ -118,9 +141,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
                 if zero is not None:
                     zero[:, grp] = z[:, 0]
                 sf = scale.float()
+                zf = None if zero is None else zero.float()
                 decided[grp] = True
             s_col = sf[:, grp]
-            z_col = float(2 ** (bits - 1)) if zero is None else zero[:, grp].float()
+            z_col = half if zf is None else zf[:, grp]
             x = wb[:, i]
             q = (torch.round(x / s_col) + z_col).clamp_(0, maxq)
             q_all[:, col] = q.to(torch.int64)
@@ -129,9 +153,12 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
             wb[:, i:] -= e[:, None] * ub[i, i:][None, :]
             err[:, i] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]
+    return q_all
 
-    inverse = torch.argsort(perm)
-    codes = q_all[:, inverse]
+
+def _result(weight, hessian, codes, scale, zero, bits, group_size) -> GPTQResult:
+    k = weight.shape[1]
+    g = effective_group_size(group_size, k)
     s_full = scale.float().repeat_interleave(g, dim=1)[:, :k]
     z_full = (float(2 ** (bits - 1)) if zero is None
               else zero.float().repeat_interleave(g, dim=1)[:, :k])

@@ -1,0 +1,84 @@
+"""Adaptive bit allocation: never over budget, optimal on small cases, plan applied, saved and reloaded."""
+import itertools
+import random
+
+import pytest
+import torch
+
+import llmlite_kernels as L
+from llmlite_kernels.quantization.allocate import allocate, read_bit_plan
+from llmlite_kernels.quantization.sensitivity import Option, layer_options
+
+from tiny_models import tiny_model, tokens
+
+
+def _random_problem(rng, layers, choices, size_range):
+    return {f"l{i}": [Option(2 + j, 32, rng.randint(*size_range), rng.random() * 10 ** rng.randint(-2, 2))
+                      for j in range(choices)] for i in range(layers)}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_knapsack_finds_the_brute_force_optimum(seed):
+    rng = random.Random(seed)
+    options = _random_problem(rng, layers=5, choices=3, size_range=(1, 40))
+    sizes = [min(o.size_bits for o in opts) for opts in options.values()]
+    for budget in (sum(sizes), sum(sizes) + 17, 90, 200):
+        feasible = [c for c in itertools.product(*options.values()) if sum(o.size_bits for o in c) <= budget]
+        if not feasible:
+            continue
+        best = min(sum(o.error for o in c) for c in feasible)
+        plan = allocate(options, budget)
+        assert sum(o.size_bits for o in plan.values()) <= budget
+        assert sum(o.error for o in plan.values()) == pytest.approx(best, rel=1e-12)
+
+
+def test_never_over_budget_with_coarse_units_and_infeasible_budget_raises():
+    rng = random.Random(1)
+    options = _random_problem(rng, layers=40, choices=6, size_range=(10_000, 900_000))
+    low = sum(min(o.size_bits for o in v) for v in options.values())
+    high = sum(max(o.size_bits for o in v) for v in options.values())
+    for budget in (low + 5, (low + high) // 2, high):
+        plan = allocate(options, budget, max_units=500)
+        assert sum(o.size_bits for o in plan.values()) <= budget
+    with pytest.raises(ValueError, match="budget"):
+        allocate(options, low - 1)
+
+
+def test_layer_options_sizes_are_the_packed_sizes():
+    w = torch.randn(20, 100)
+    for opt in layer_options(w, None, (2, 3), (32, -1), symmetric=False):
+        assert opt.size_bits == 8 * L.quantize(w, opt.bits, opt.group_size, False).nbytes
+
+
+def test_auto_bits_plan_is_applied_within_budget_saved_and_reloaded(tmp_path, capsys):
+    model = tiny_model("llama")
+    ids = tokens(2, 12)
+    config = L.QuantConfig(bits="auto", avg_bits=3.5, method="gptq", candidate_group_sizes=(32, -1), calib_windows=4)
+    L.quantize_(model, config, calibration_texts=torch.randint(0, 128, (4, 16)), progress=True)
+    assert "bit plan" in capsys.readouterr().out
+    plan = model.llmlite_bit_plan
+    layers = {n: m for n, m in model.named_modules() if type(m).__name__ == "QuantLinear"}
+    assert set(layers) == set(plan["layers"])
+    stored = sum(m.packed.nbytes for m in layers.values()) * 8
+    numel = sum(m.in_features * m.out_features for m in layers.values())
+    assert stored / numel <= 3.5 and stored / numel == pytest.approx(plan["avg_bits"])
+    for name, m in layers.items():
+        assert (m.bits, m.group_size) == (plan["layers"][name]["bits"], plan["layers"][name]["group_size"])
+    assert len({m.bits for m in layers.values()}) > 1  # 3.5 bits/weight needs mixing widths
+    L.save(model, str(tmp_path / "auto"), extra={"bit_plan": plan})
+    assert read_bit_plan(str(tmp_path / "auto")) == plan
+    loaded, _ = L.load(str(tmp_path / "auto"))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    for name, m in loaded.named_modules():
+        if name in plan["layers"]:
+            assert m.bits == plan["layers"][name]["bits"]
+
+
+def test_auto_bits_needs_avg_bits_and_valid_candidates():
+    with pytest.raises(ValueError, match="avg_bits"):
+        L.QuantConfig(bits="auto")
+    with pytest.raises(ValueError, match="candidate_bits"):
+        L.QuantConfig(bits="auto", avg_bits=3, candidate_bits=(5,))
+    with pytest.raises(ValueError, match="group_size"):
+        L.QuantConfig(bits="auto", avg_bits=3, candidate_group_sizes=(48,))
