@@ -4,10 +4,13 @@
 #include <torch/library.h>
 
 #include "cpu/lowbit_ops.h"
+#include "cpu/sparse24_ops.h"
 
 TORCH_LIBRARY_IMPL(llmlite, CPU, m) {
   m.impl("lowbit_linear", &llmlite::cpu::lowbit_linear_cpu);
   m.impl("lowbit_dequantize", &llmlite::cpu::lowbit_dequantize_cpu);
+  m.impl("sparse24_linear", &llmlite::cpu::sparse24_linear_cpu);
+  m.impl("sparse24_lowbit_linear", &llmlite::cpu::sparse24_lowbit_linear_cpu);
 }
 
 // No tensor arguments: registered for every backend.

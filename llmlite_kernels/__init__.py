@@ -3,10 +3,10 @@ from .config import PruneConfig, QuantConfig
 from .formats import PackedWeight, dequantize, quantize
 from .io import load, save
 from .models import load_model, quantize_
-from .nn import QuantLinear, SparseLinear
+from .nn import QuantLinear, Sparse24Linear, SparseLinear
 from .ops import backends, kernel_for
-from .prune import prune_
+from .prune import compress_24_, prune_
 
-__all__ = ["PackedWeight", "PruneConfig", "QuantConfig", "QuantLinear", "SparseLinear", "backends", "dequantize",
+__all__ = ["PackedWeight", "PruneConfig", "QuantConfig", "QuantLinear", "Sparse24Linear", "SparseLinear", "backends", "compress_24_", "dequantize",
            "kernel_for", "load", "load_model", "prune_", "quantize", "quantize_", "save"]
 __version__ = "0.1.0"

@@ -41,7 +41,7 @@ using RowDotFn = void (*)(const float* vals, const uint32_t* meta, int64_t words
                           int64_t x_stride, float* sums);
 
 // ---------------------------------------------------------------- scalar (the reference for the SIMD paths)
-namespace scalar {
+namespace gemv_scalar {
 template <int M>
 void row_dot(const float* vals, const uint32_t* meta, int64_t words, const float* x, int64_t x_stride,
              float* sums) {
@@ -56,12 +56,12 @@ void row_dot(const float* vals, const uint32_t* meta, int64_t words, const float
   }
   for (int m = 0; m < M; ++m) sums[m] += acc[m];
 }
-}  // namespace scalar
+}  // namespace gemv_scalar
 
 // ---------------------------------------------------------------- AVX2 + FMA: 8 values per step
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-namespace avx2 {
+namespace gemv_avx2 {
 // Columns (0..15, relative to the half word's 16 columns) of values 8h..8h+7 of a meta word.
 static inline __m256i half_word_columns(uint32_t bits, int h) {
   const __m256i shifts = _mm256_set_epi32(14, 12, 10, 8, 6, 4, 2, 0);
@@ -98,19 +98,19 @@ void row_dot(const float* vals, const uint32_t* meta, int64_t words, const float
     sums[m] += s;
   }
 }
-}  // namespace avx2
+}  // namespace gemv_avx2
 #pragma GCC pop_options
 
 // ---------------------------------------------------------------- AVX-512: 16 values per step
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-namespace avx512 {
+namespace gemv_avx512 {
 // Columns (0..31) of the 16 values of a meta word.
 static inline __m512i word_columns(uint32_t bits) {
   const __m512i shifts = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i base = _mm512_set_epi32(28, 28, 24, 24, 20, 20, 16, 16, 12, 12, 8, 8, 4, 4, 0, 0);
   const __m512i idx = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(bits)), shifts);
-  return _mm512_add_epi32(_mm512_and_si512(idx, _mm512_set1_epi32(3)), base);
+  return _mm512_ternarylogic_epi32(idx, _mm512_set1_epi32(3), base, 0xEA);  // (idx & 3) | base
 }
 
 template <int M>
@@ -159,7 +159,7 @@ void unpermute_chunks(int bits, float* buf, int64_t chunks) {
     _mm512_storeu_ps(p + 16, _mm512_permutex2var_ps(a, i1, b));
   }
 }
-}  // namespace avx512
+}  // namespace gemv_avx512
 #pragma GCC pop_options
 
 void unpermute_chunks_scalar(int bits, float* buf, int64_t chunks) {
@@ -176,8 +176,8 @@ void unpermute_chunks_scalar(int bits, float* buf, int64_t chunks) {
    &ns::row_dot<7>, &ns::row_dot<8>}
 
 RowDotFn row_dot_kernel(Isa isa, int rows) {
-  static const RowDotFn table[3][kMaxGemvBatch] = {LLMLITE_ROW_DOTS(scalar), LLMLITE_ROW_DOTS(avx2),
-                                                   LLMLITE_ROW_DOTS(avx512)};
+  static const RowDotFn table[3][kMaxGemvBatch] = {LLMLITE_ROW_DOTS(gemv_scalar), LLMLITE_ROW_DOTS(gemv_avx2),
+                                                   LLMLITE_ROW_DOTS(gemv_avx512)};
   return table[static_cast<int>(isa)][rows - 1];
 }
 #undef LLMLITE_ROW_DOTS
@@ -382,7 +382,7 @@ at::Tensor sparse24_lowbit_linear_cpu(const at::Tensor& x, const at::Tensor& wei
   const RowValuesFn row_values = [&w, dequant, full_chunks, permuted, isa](int64_t r, float* buf) {
     dequant(w, r, r + 1, buf);
     if (!permuted) return;
-    if (isa == Isa::Avx512) avx512::unpermute_chunks(w.bits, buf, full_chunks);
+    if (isa == Isa::Avx512) gemv_avx512::unpermute_chunks(w.bits, buf, full_chunks);
     else unpermute_chunks_scalar(w.bits, buf, full_chunks);
   };
   return run(x, meta, bias, n, k, w.Kpad, row_values, nullptr);
