@@ -50,8 +50,8 @@ inline Isa active_isa() {
   if (want == "avx512") isa = Isa::Avx512;
   else if (want == "avx2") isa = Isa::Avx2;
   else if (want == "scalar") isa = Isa::Scalar;
-  else TORCH_CHECK(false, "LLMLITE_CPU_ISA=", want, " is not supported; accepted: avx512, avx2, scalar, auto");
-  TORCH_CHECK(static_cast<int>(isa) <= static_cast<int>(hardware_isa()), "LLMLITE_CPU_ISA=", want,
+  else TORCH_CHECK_VALUE(false, "LLMLITE_CPU_ISA=", want, " is not supported; accepted: avx512, avx2, scalar, auto");
+  TORCH_CHECK_VALUE(static_cast<int>(isa) <= static_cast<int>(hardware_isa()), "LLMLITE_CPU_ISA=", want,
               " but this CPU supports at most ", isa_name(hardware_isa()));
   return isa;
 }

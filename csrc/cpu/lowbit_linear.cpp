@@ -4,6 +4,8 @@
 #include "cpu/lowbit_ops.h"
 
 #include <algorithm>
+#include <initializer_list>
+#include <string>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -18,53 +20,73 @@ namespace {
 
 constexpr int64_t kGemmTileRows = 64;
 
+// Errors are raised as the Python checks raise them (llmlite_kernels/_checks.py): TypeError for a
+// wrong dtype, ValueError for a wrong value, shape, layout or device, with the same wording.
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kDouble: return "float64";
+    case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    case at::kShort: return "int16";
+    case at::kByte: return "uint8";
+    case at::kChar: return "int8";
+    case at::kBool: return "bool";
+    default: return c10::toString(t);
+  }
+}
+
+void check_dtype(const at::Tensor& t, const char* name, std::initializer_list<at::ScalarType> accepted) {
+  for (at::ScalarType a : accepted)
+    if (t.scalar_type() == a) return;
+  std::string names;
+  for (at::ScalarType a : accepted) names += (names.empty() ? "" : ", ") + dtype_name(a);
+  TORCH_CHECK_TYPE(false, name, " has dtype ", dtype_name(t.scalar_type()), "; accepted: ", names);
+}
+
 void check_cpu_tensor(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.defined(), name, " is undefined");
-  TORCH_CHECK(t.device().is_cpu(), name, " is on ", t.device(), "; the CPU kernel needs CPU tensors");
-  TORCH_CHECK(t.layout() == at::kStrided, name, " must be a dense (strided) tensor");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous (call .contiguous() first)");
+  TORCH_CHECK_VALUE(t.defined(), name, " is undefined");
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " is on ", t.device(), "; the CPU kernel needs CPU tensors");
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, name, " must be a dense (strided) tensor");
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous (call .contiguous() first)");
 }
 
 ScaleType scale_type_of(const at::Tensor& s) {
-  switch (s.scalar_type()) {
-    case at::kFloat: return ScaleType::F32;
-    case at::kHalf: return ScaleType::F16;
-    case at::kBFloat16: return ScaleType::BF16;
-    default:
-      TORCH_CHECK(false, "weight_scale has dtype ", s.scalar_type(), "; accepted: float32, float16, bfloat16");
-  }
-  return ScaleType::F32;
+  check_dtype(s, "weight_scale", {at::kFloat, at::kHalf, at::kBFloat16});
+  return s.scalar_type() == at::kHalf ? ScaleType::F16
+         : s.scalar_type() == at::kBFloat16 ? ScaleType::BF16 : ScaleType::F32;
 }
 
 // Validates the packed weight (the same rules as formats.lowbit.check_packed) and wraps its pointers.
 LowbitWeight make_weight(const at::Tensor& weight_packed, const at::Tensor& weight_scale,
                          const std::optional<at::Tensor>& weight_zero_point, int64_t bits, int64_t group_size,
                          int64_t in_features) {
-  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits=", bits,
+  TORCH_CHECK_VALUE(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits=", bits,
               " is not supported; accepted: 2, 3, 4, 8");
-  TORCH_CHECK(group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256 || group_size == -1,
+  TORCH_CHECK_VALUE(group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256 || group_size == -1,
               "group_size=", group_size, " is not supported; accepted: 32, 64, 128, 256, -1");
-  TORCH_CHECK(in_features >= 1, "in_features must be >= 1, got ", in_features);
+  TORCH_CHECK_VALUE(in_features >= 1, "in_features must be >= 1, got ", in_features);
   check_cpu_tensor(weight_packed, "weight_packed");
-  TORCH_CHECK(weight_packed.scalar_type() == at::kInt, "weight_packed has dtype ", weight_packed.scalar_type(),
-              "; accepted: int32");
-  TORCH_CHECK(weight_packed.dim() == 2, "weight_packed must be 2-D, got shape ", weight_packed.sizes());
+  check_dtype(weight_packed, "weight_packed", {at::kInt});
+  TORCH_CHECK_VALUE(weight_packed.dim() == 2, "weight_packed must be 2-D, got shape ", weight_packed.sizes());
   const int64_t n = weight_packed.size(0);
   const int64_t words = (in_features * bits + 31) / 32;
-  TORCH_CHECK(weight_packed.size(1) == words, "weight_packed has shape ", weight_packed.sizes(),
+  TORCH_CHECK_VALUE(weight_packed.size(1) == words, "weight_packed has shape ", weight_packed.sizes(),
               "; for in_features=", in_features, " at bits=", bits, " expected [out_features, ", words, "]");
   const int64_t group = group_size == -1 ? in_features : group_size;
   const int64_t groups = (in_features + group - 1) / group;
   check_cpu_tensor(weight_scale, "weight_scale");
   const ScaleType stype = scale_type_of(weight_scale);
-  TORCH_CHECK(weight_scale.dim() == 2 && weight_scale.size(0) == n && weight_scale.size(1) == groups,
+  TORCH_CHECK_VALUE(weight_scale.dim() == 2 && weight_scale.size(0) == n && weight_scale.size(1) == groups,
               "weight_scale has shape ", weight_scale.sizes(), "; expected (", n, ", ", groups, ")");
   const uint8_t* zero = nullptr;
   if (weight_zero_point.has_value() && weight_zero_point->defined()) {
     const at::Tensor& z = *weight_zero_point;
     check_cpu_tensor(z, "weight_zero_point");
-    TORCH_CHECK(z.scalar_type() == at::kByte, "weight_zero_point has dtype ", z.scalar_type(), "; accepted: uint8");
-    TORCH_CHECK(z.dim() == 2 && z.size(0) == n && z.size(1) == groups, "weight_zero_point has shape ", z.sizes(),
+    check_dtype(z, "weight_zero_point", {at::kByte});
+    TORCH_CHECK_VALUE(z.dim() == 2 && z.size(0) == n && z.size(1) == groups, "weight_zero_point has shape ", z.sizes(),
                 "; expected (", n, ", ", groups, ")");
     zero = z.data_ptr<uint8_t>();
   }
@@ -135,18 +157,16 @@ at::Tensor lowbit_linear_cpu(const at::Tensor& x, const at::Tensor& weight_packe
                              const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
   check_cpu_tensor(x, "x");
   const at::ScalarType dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, "x has dtype ", dtype,
-              "; accepted: float32, float16, bfloat16");
-  TORCH_CHECK(x.dim() >= 1, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
+  check_dtype(x, "x", {at::kFloat, at::kHalf, at::kBFloat16});
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
   const int64_t k = x.size(-1);
   const LowbitWeight w = make_weight(weight_packed, weight_scale, weight_zero_point, bits, group_size, k);
   at::Tensor bias_f;
   if (bias.has_value() && bias->defined()) {
     check_cpu_tensor(*bias, "bias");
-    TORCH_CHECK(bias->scalar_type() == dtype, "bias has dtype ", bias->scalar_type(), "; expected x.dtype (",
-                dtype, ")");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.N, "bias has shape ", bias->sizes(),
-                "; expected (out_features=", w.N, ",)");
+    check_dtype(*bias, "bias", {dtype});
+    TORCH_CHECK_VALUE(bias->dim() == 1, "bias must be 1-D, got shape ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->size(0) == w.N, "bias has ", bias->size(0), " elements; expected out_features=", w.N);
     bias_f = bias->to(at::kFloat).contiguous();
   }
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
