@@ -11,6 +11,19 @@ import torch
 from llmlite_kernels.formats.mma_repack import TILE_K, TILE_N, padded_out_features
 
 LANES = torch.arange(32)
+K_STEPS = TILE_K // 16  # MMA k-steps per k-tile
+CHUNKS = TILE_K // 8    # 16-byte chunks of activations per row of a k-tile
+
+
+def group_shift(g, k):
+    """The kernel's group_shift: log2(g), or 31 for per-channel (every k-tile in group 0)."""
+    return 31 if g == k else g.bit_length() - 1
+
+
+def staged_group_rows(shift):
+    """Scale rows a k-tile touches (load_stage copies them), and the row each k-step uses."""
+    rows = TILE_K >> shift if shift <= 7 else 1
+    return rows, [(16 * j) >> shift if shift < 7 else 0 for j in range(K_STEPS)]
 
 
 def byte_perm(x: torch.Tensor, y: int, selector: int) -> torch.Tensor:
@@ -63,17 +76,19 @@ def emulate_kernel_weight(rw, dtype):
     n_tiles, k_tiles = rw.weight.shape[0], rw.weight.shape[1]
     g = rw.kernel_group_size
     grid = torch.meshgrid(torch.arange(n_tiles), torch.arange(k_tiles), torch.arange(8), torch.arange(32),
-                          torch.arange(4), torch.arange(2), torch.arange(4), indexing="ij")
+                          torch.arange(K_STEPS), torch.arange(2), torch.arange(4), indexing="ij")
     nt, kt, warp, lane, j, t, r = (a.reshape(-1) for a in grid)
     # Which 16-byte vector v and component c of the lane hold k-step j (tile t): see compute_stage.
-    lane_vectors = bits // 4
+    lane_vectors = bits // 2
     word_of_lane = j if bits == 4 else 2 * j + t
     v, c = word_of_lane // 4, word_of_lane % 4
     flat = ((warp * lane_vectors + v) * 32 + lane) * 4 + c
     words = rw.weight.to(torch.int64).reshape(n_tiles, k_tiles, -1)[nt, kt, flat] & 0xFFFFFFFF
-    # Scale row staged for this k-tile (g0, plus the second row at j >= 2 when g == 32), lane's column.
+    # Scale row: the k-tile's first group g0 plus the staged row of k-step j; the lane's column.
+    shift = group_shift(g, k)
+    _, row_of_step = staged_group_rows(shift)
     col = nt * TILE_N + warp * 16 + t * 8 + lane // 4
-    group_row = kt * TILE_K // g + torch.where(torch.tensor(g == 32) & (j >= 2), 1, 0)
+    group_row = ((kt * TILE_K) >> shift) + torch.tensor(row_of_step)[j]
     scale = rw.scale[group_row, col].float()
     zero = (rw.zero[group_row, col].float() if rw.zero is not None
             else torch.full_like(scale, 2 ** (bits - 1)))
@@ -97,18 +112,21 @@ def stripes(n_tiles, k_tiles, slots_available):
 
 
 def stage_activations(xs, kt, m_blocks):
-    """load_stage's activation tile: 16-byte chunks [MB*16*8, 8]; chunk c of row r at r*8 + (c ^ r%8)."""
-    smem = torch.zeros(m_blocks * 16 * 8, 8, dtype=torch.float64)  # rows past the last stay zero
-    for r in range(xs.shape[0]):
-        for c in range(8):
-            smem[r * 8 + (c ^ (r & 7))] = xs[r, kt * TILE_K + c * 8: kt * TILE_K + c * 8 + 8].double()
+    """load_stage's activation tile: 16-byte chunks [MB*16*CHUNKS, 8]; chunk c of row r at
+    r*CHUNKS + (c ^ r%8)."""
+    smem = torch.zeros(m_blocks * 16 * CHUNKS, 8, dtype=torch.float64)  # rows past the last stay zero
+    rows = xs.shape[0]
+    r = torch.arange(rows).unsqueeze(1)
+    c = torch.arange(CHUNKS).unsqueeze(0)
+    chunks = xs[:, kt * TILE_K:(kt + 1) * TILE_K].double().reshape(rows, CHUNKS, 8)
+    smem[(r * CHUNKS + (c ^ (r & 7))).reshape(-1)] = chunks.reshape(-1, 8)
     return smem
 
 
 def ldmatrix_x4_a(smem, mb, j):
     """A fragments [32 lanes, 8] (a0..a7) that compute_stage's ldmatrix.x4 addresses deliver."""
     r = mb * 16 + (LANES & 7) + ((LANES >> 3) & 1) * 8
-    addr = r * 8 + ((2 * j + (LANES >> 4)) ^ (r & 7))
+    addr = r * CHUNKS + ((2 * j + (LANES >> 4)) ^ (r & 7))
     regs = []
     for i in range(4):  # register i <- matrix i: row lane/4 comes from the address of lane 8i + lane/4
         chunk = smem[addr[8 * i + LANES // 4]]
@@ -117,16 +135,19 @@ def ldmatrix_x4_a(smem, mb, j):
 
 
 def mma_m16n8k16(a, b, c):
-    """D = A @ B + C from per-lane fragments in the PTX layouts: a [32, 8], b [32, 4], c [32, 4]."""
+    """D = A @ B + C from per-lane fragments in the PTX layouts: a [..., 32, 8], b [..., 32, 4],
+    c [..., 32, 4] (leading dims: independent warps)."""
     g, q = LANES // 4, LANES % 4
-    A = torch.full((16, 16), float("nan"), dtype=torch.float64)
-    B = torch.full((16, 8), float("nan"), dtype=torch.float64)
+    lead = b.shape[:-2]
+    A = torch.full((*lead, 16, 16), float("nan"), dtype=torch.float64)
+    B = torch.full((*lead, 16, 8), float("nan"), dtype=torch.float64)
+    a = a.expand(*lead, 32, 8)
     for i in range(8):
-        A[g + 8 * ((i >> 1) & 1), 2 * q + (i & 1) + 8 * (i >> 2)] = a[:, i]
+        A[..., g + 8 * ((i >> 1) & 1), 2 * q + (i & 1) + 8 * (i >> 2)] = a[..., i]
     for i in range(4):
-        B[2 * q + (i & 1) + 8 * (i >> 1), g] = b[:, i]
-    D = A @ B
-    return torch.stack([D[g + 8 * (i >> 1), 2 * q + (i & 1)] for i in range(4)], 1) + c
+        B[..., 2 * q + (i & 1) + 8 * (i >> 1), g] = b[..., i]
+    D = (A.unsqueeze(-1) * B.unsqueeze(-3)).sum(-2)  # tiny batched fp64 matmul; bmm is slow here
+    return torch.stack([D[..., g + 8 * (i >> 1), 2 * q + (i & 1)] for i in range(4)], -1) + c
 
 
 def model_gemm(x, rw, bias, slots_available):
@@ -138,9 +159,8 @@ def model_gemm(x, rw, bias, slots_available):
     m_blocks = 1 if rows_max <= 16 else (2 if rows_max <= 32 else 4)
     n_tiles, k_tiles = padded_out_features(N) // TILE_N, K // TILE_K
     blocks, per_block, max_slots = stripes(n_tiles, k_tiles, slots_available)
-    g = rw.kernel_group_size
-    shift = 31 if g == K else g.bit_length() - 1
-    two_groups = shift == 5
+    shift = group_shift(rw.kernel_group_size, K)
+    group_rows, row_of_step = staged_group_rows(shift)
     total = n_tiles * k_tiles
     words_all = rw.weight.to(torch.int64) & 0xFFFFFFFF
     out = torch.full((M, N), float("nan"), dtype=dtype)
@@ -182,26 +202,26 @@ def model_gemm(x, rw, bias, slots_available):
                 smem_a = stage_activations(xs, kt, m_blocks)
                 g0 = (kt * TILE_K) >> shift
                 cols = slice(nt * TILE_N, (nt + 1) * TILE_N)
-                s_rows = rw.scale[g0:g0 + (2 if two_groups else 1), cols].float()
-                z_rows = None if rw.zero is None else rw.zero[g0:g0 + (2 if two_groups else 1), cols].float()
+                s_rows = rw.scale[g0:g0 + group_rows, cols].float()
+                z_rows = None if rw.zero is None else rw.zero[g0:g0 + group_rows, cols].float()
                 tile = words_all[nt, kt]
-                for warp in range(8):
-                    words = [tile[((warp * (bits // 4) + wi // 4) * 32 + LANES) * 4 + wi % 4] for wi in range(bits)]
-                    for j in range(4):
-                        gr = 1 if (two_groups and j >= 2) else 0
-                        b_frag = []
+                warps = torch.arange(8).unsqueeze(1)  # all 8 warps at once: tensors [8 warps, 32 lanes]
+                words = [tile[((warps * (bits // 2) + wi // 4) * 32 + LANES) * 4 + wi % 4] for wi in range(2 * bits)]
+                for j in range(K_STEPS):
+                    gr = row_of_step[j]
+                    b_frag = []
+                    for t in range(2):
+                        col = warps * 16 + t * 8 + LANES // 4
+                        s = s_rows[gr, col]
+                        z = z_rows[gr, col] if z_rows is not None else torch.full_like(s, 2 ** (bits - 1))
+                        word = words[j if bits == 4 else 2 * j + t]
+                        b_frag.append(torch.stack([
+                            decode_like_kernel(word, torch.tensor(t), torch.tensor(r), bits, dtype, s, z)
+                            for r in range(4)], -1).double())
+                    for mb in range(m_blocks):
+                        a = ldmatrix_x4_a(smem_a, mb, j)
                         for t in range(2):
-                            col = warp * 16 + t * 8 + LANES // 4
-                            s = s_rows[gr, col]
-                            z = z_rows[gr, col] if z_rows is not None else torch.full_like(s, 2 ** (bits - 1))
-                            word = words[j if bits == 4 else 2 * j + t]
-                            b_frag.append(torch.stack([
-                                decode_like_kernel(word, torch.tensor(t), torch.tensor(r), bits, dtype, s, z)
-                                for r in range(4)], 1).double())
-                        for mb in range(m_blocks):
-                            a = ldmatrix_x4_a(smem_a, mb, j)
-                            for t in range(2):
-                                acc[mb, t, warp] = mma_m16n8k16(a, b_frag[t], acc[mb, t, warp])
+                            acc[mb, t] = mma_m16n8k16(a, b_frag[t], acc[mb, t])
                 if kt == k_tiles - 1 or u == u_end - 1:
                     finish_tile(b, nt, acc)
                     acc = torch.zeros_like(acc)

@@ -12,13 +12,13 @@ from cuda_kernel_model import emulate_kernel_weight, ldmatrix_x4_a, model_gemm, 
 from conftest import assert_close_rel
 from llmlite_kernels.formats import quantize
 from llmlite_kernels.formats.lowbit import dequantize
-from llmlite_kernels.formats.mma_repack import repack_weight
+from llmlite_kernels.formats.mma_repack import TILE_K, repack_weight
 from llmlite_kernels.ops import lowbit_linear_ref
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 CASES = [  # (bits, group_size, symmetric, N, K)
-    (4, 32, False, 72, 192), (4, 64, True, 200, 128), (4, 128, False, 136, 320), (4, -1, True, 72, 192),
-    (4, 256, False, 40, 384), (8, 32, True, 72, 192), (8, 64, False, 130, 64), (8, 128, True, 72, 320),
+    (4, 32, False, 72, 256), (4, 64, True, 200, 128), (4, 128, False, 136, 384), (4, -1, True, 72, 640),
+    (4, 256, False, 40, 384), (8, 32, True, 72, 256), (8, 64, False, 130, 128), (8, 128, True, 72, 384),
     (8, -1, False, 264, 128),
 ]
 
@@ -45,18 +45,18 @@ def test_lanes_decode_the_reference_weight_exactly(case, dtype):
 
 
 def test_ldmatrix_delivers_the_ptx_a_fragment():
-    rows, k = 64, 128
+    rows, k = 64, 256
     x = torch.arange(rows * k, dtype=torch.float64).reshape(rows, k)  # every element names itself
     lane = torch.arange(32)
     g, q = lane // 4, lane % 4
-    for kt in range(k // 64):
+    for kt in range(k // TILE_K):
         smem = stage_activations(x, kt, 4)
         for mb in range(4):
-            for j in range(4):
+            for j in range(TILE_K // 16):
                 a = ldmatrix_x4_a(smem, mb, j)
                 for i in range(8):  # PTX: a_i at row g + 8*((i>>1)&1), col 2q + (i&1) + 8*(i>>2)
                     row = mb * 16 + g + 8 * ((i >> 1) & 1)
-                    col = kt * 64 + 16 * j + 2 * q + (i & 1) + 8 * (i >> 2)
+                    col = kt * TILE_K + 16 * j + 2 * q + (i & 1) + 8 * (i >> 2)
                     assert torch.equal(a[:, i], x[row, col])
 
 
@@ -81,12 +81,12 @@ def test_striped_partition_covers_each_unit_once(n_tiles, k_tiles, avail):
 
 
 GEMM_CASES = [  # (M, N, K, bits, group, symmetric, dtype, resident blocks)
-    (3, 200, 320, 4, 64, False, torch.float16, 4),      # 2 n-tiles x 5 k-tiles in stripes of 3: partials
-    (17, 72, 192, 8, 32, True, torch.bfloat16, 264),    # one block per tile: direct writes, 2 MMA row blocks
-    (70, 136, 256, 4, 128, False, torch.bfloat16, 3),   # two M slices (64 + 6 rows), 4 row blocks, partials
+    (3, 200, 640, 4, 64, False, torch.float16, 4),      # 2 n-tiles x 5 k-tiles in stripes of 3: partials
+    (17, 72, 256, 8, 32, True, torch.bfloat16, 264),    # one block per tile: direct writes, 2 MMA row blocks
+    (70, 136, 384, 4, 128, False, torch.bfloat16, 3),   # two M slices (64 + 6 rows), 4 row blocks, partials
     (1, 130, 128, 8, -1, False, torch.float16, 5),      # per-channel, N just past a tile, odd N
     (33, 40, 384, 4, 256, True, torch.float16, 2),      # partial last group (384 = 256 + 128)
-    (5, 72, 192, 4, 32, False, torch.float16, 2),       # g = 32: two groups per k-tile
+    (5, 72, 256, 4, 32, False, torch.float16, 2),       # g = 32: four groups per k-tile
 ]
 
 

@@ -44,7 +44,7 @@ def _workspace_bound(m, n, k):
     rows = min(m, 64)
     m_blocks = 1 if rows <= 16 else (2 if rows <= 32 else 4)
     n_tiles = -(-n // 128)
-    _, _, max_slots = stripes(n_tiles, k // 64, 4 * torch.cuda.get_device_properties(0).multi_processor_count)
+    _, _, max_slots = stripes(n_tiles, k // 128, 4 * torch.cuda.get_device_properties(0).multi_processor_count)
     return n_tiles * max_slots * m_blocks * 16 * 128 * 4
 
 
@@ -81,7 +81,7 @@ def _id(v):
 @pytest.mark.parametrize("symmetric", [True, False], ids=_id)
 @pytest.mark.parametrize("bits,group_size", [(b, g) for b in (4, 8) for g in GROUPS],
                          ids=[f"w{b}-g{g}" for b in (4, 8) for g in GROUPS])
-@pytest.mark.parametrize("m,n,k", [(1, 72, 192), (3, 200, 320), (17, 136, 512), (33, 72, 256), (64, 264, 384),
+@pytest.mark.parametrize("m,n,k", [(1, 72, 256), (3, 200, 384), (17, 136, 512), (33, 72, 256), (64, 264, 384),
                                    (65, 40, 128), (130, 300, 640)], ids=lambda v: str(v))
 def test_odd_shapes_match_reference(m, n, k, bits, group_size, symmetric, dtype):
     run_and_check(m, n, k, bits, group_size, symmetric, dtype)
@@ -110,7 +110,7 @@ def test_llama_shapes_w8_and_per_channel(bits, m):
     run_and_check(m, 4096, 14336, bits, 64, False, torch.bfloat16)
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 72, 8192), (5, 128, 16384), (64, 1000, 4096), (1, 130, 64 * 257)],
+@pytest.mark.parametrize("m,n,k", [(1, 72, 8192), (5, 128, 16384), (64, 1000, 4096), (1, 130, 128 * 129)],
                          ids=str)
 def test_split_k_reduction_and_determinism(m, n, k):
     """Few n-tiles and long K: every tile is shared by many blocks (the arrival-counter reduction)."""
@@ -120,16 +120,16 @@ def test_split_k_reduction_and_determinism(m, n, k):
 
 
 def test_leading_dims_no_bias_and_empty():
-    run_and_check(5, 72, 192, 4, 32, False, torch.float16, with_bias=False, lead=(2,))
-    p = make(72, 192, 4, 32, False, torch.float16)
-    rw = cpp.prepare(p.weight_packed, p.weight_scale, p.weight_zero_point, 4, 32, 192, torch.float16)
-    assert cpp.linear_repacked(torch.randn(0, 192, device="cuda", dtype=torch.float16), rw).shape == (0, 72)
+    run_and_check(5, 72, 256, 4, 32, False, torch.float16, with_bias=False, lead=(2,))
+    p = make(72, 256, 4, 32, False, torch.float16)
+    rw = cpp.prepare(p.weight_packed, p.weight_scale, p.weight_zero_point, 4, 32, 256, torch.float16)
+    assert cpp.linear_repacked(torch.randn(0, 256, device="cuda", dtype=torch.float16), rw).shape == (0, 72)
 
 
 def test_unaligned_activation_view():
-    p = make(72, 192, 4, 64, True, torch.float16)
-    buf = torch.randn(3 * 192 + 1, device="cuda", dtype=torch.float16)
-    x = buf[1:].view(3, 192)  # data_ptr 2 bytes past an allocation: not 16-byte aligned
+    p = make(72, 256, 4, 64, True, torch.float16)
+    buf = torch.randn(3 * 256 + 1, device="cuda", dtype=torch.float16)
+    x = buf[1:].view(3, 256)  # data_ptr 2 bytes past an allocation: not 16-byte aligned
     args = (p.weight_packed, p.weight_scale, p.weight_zero_point, None, 4, 64)
     assert_close_rel(cpp.lowbit_linear(x, *args).float(), lowbit_linear_ref(x, *args).float(), torch.float16)
 
@@ -146,7 +146,7 @@ def test_backend_entry_point_caches_repack():
 def test_one_hot_activations_decode_exact_weight_columns():
     """x = identity rows: out = W^T rows, exact up to the output cast (the decode is bit-exact)."""
     for bits, dtype in ((4, torch.float16), (8, torch.float16), (4, torch.bfloat16), (8, torch.bfloat16)):
-        k, n = 64, 136
+        k, n = 128, 136
         p = make(n, k, bits, 32, False, dtype)
         x = torch.eye(k, device="cuda", dtype=dtype)
         rw = cpp.prepare(p.weight_packed, p.weight_scale, p.weight_zero_point, bits, 32, k, dtype)
@@ -165,8 +165,8 @@ def test_opcheck(bits, group_size, symmetric):
 
 
 def test_dispatched_op_uses_cuda_kernels():
-    p = make(72, 192, 4, 32, False, torch.float16)
-    x = torch.randn(2, 192, device="cuda", dtype=torch.float16)
+    p = make(72, 256, 4, 32, False, torch.float16)
+    x = torch.randn(2, 256, device="cuda", dtype=torch.float16)
     args = (p.weight_packed, p.weight_scale, p.weight_zero_point, None, 4, 32)
     assert_close_rel(torch.ops.llmlite.lowbit_linear(x, *args).float(), lowbit_linear_ref(x, *args).float(),
                      torch.float16)

@@ -15,8 +15,8 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 CASES = [  # (bits, group_size, symmetric, N, K)
-    (4, 32, False, 72, 192), (4, 64, True, 200, 128), (4, 128, False, 136, 320), (4, -1, True, 72, 192),
-    (4, 256, False, 40, 384), (8, 32, True, 72, 192), (8, 64, False, 130, 64), (8, 128, True, 72, 320),
+    (4, 32, False, 72, 256), (4, 64, True, 200, 128), (4, 128, False, 136, 384), (4, -1, True, 72, 640),
+    (4, 256, False, 40, 384), (8, 32, True, 72, 256), (8, 64, False, 130, 128), (8, 128, True, 72, 384),
     (8, -1, False, 264, 128),
 ]
 
@@ -32,7 +32,7 @@ def test_round_trip_bit_exact(case):
     pw = quantize(torch.randn(n, k), bits=bits, group_size=g, symmetric=sym, scale_dtype=torch.float16)
     rw = repack_weight(pw.weight_packed, pw.weight_scale, pw.weight_zero_point, bits, g, k, torch.float16)
     n_pad = padded_out_features(n)
-    assert rw.weight.shape == (n_pad // TILE_N, k // TILE_K, 256 * bits) and rw.weight.dtype == torch.int32
+    assert rw.weight.shape == (n_pad // TILE_N, k // TILE_K, 512 * bits) and rw.weight.dtype == torch.int32
     assert rw.scale.shape == (pw.weight_scale.shape[1], n_pad)
     packed, scale, zero = unrepack_weight(rw)
     assert torch.equal(packed, pw.weight_packed)
@@ -43,12 +43,12 @@ def test_round_trip_bit_exact(case):
 def test_every_code_value_and_position_is_distinct():
     """Codes that encode their own position: a permutation error cannot cancel out."""
     for bits in (4, 8):
-        n, k = 256, 128
+        n, k = 256, 256
         codes = (torch.arange(n * k).reshape(n, k) * 7 + torch.arange(n).unsqueeze(1)) % (2**bits)
         words = repack_codes(codes.to(torch.uint8), bits)
         assert torch.equal(unrepack_codes(words, bits, n, k), codes.to(torch.uint8))
         # One-hot codes: exactly one nonzero field in the whole buffer, at the position the layout defines.
-        for (nn, kk) in ((0, 0), (129, 63), (77, 100), (255, 127)):
+        for (nn, kk) in ((0, 0), (129, 63), (77, 100), (255, 255), (3, 200)):
             one = torch.zeros(n, k, dtype=torch.uint8)
             one[nn, kk] = 1
             w = repack_codes(one, bits).to(torch.int64) & 0xFFFFFFFF
@@ -60,14 +60,14 @@ def test_every_code_value_and_position_is_distinct():
             kr = kk % 16
             lane, r, j = 4 * col + (kr % 8) // 2, kr % 2 + 2 * (kr // 8), (kk % TILE_K) // 16
             wi = j if bits == 4 else 2 * j + t
-            assert word == ((warp * (bits // 4) + wi // 4) * 32 + lane) * 4 + wi % 4
+            assert word == ((warp * (bits // 2) + wi // 4) * 32 + lane) * 4 + wi % 4
             field = (2 * t + r // 2) + 4 * (r % 2) if bits == 4 else r // 2 + 2 * (r % 2)
             assert w[nt, kt, word].item() == 1 << (field * bits)
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
     (dict(bits=3), ValueError, "bits"), (dict(bits=2), ValueError, "bits"),
-    (dict(k=96), ValueError, "multiple of 64"), (dict(dtype=torch.float32), ValueError, "dtype"),
+    (dict(k=192), ValueError, "multiple of 128"), (dict(dtype=torch.float32), ValueError, "dtype"),
 ])
 def test_repack_rejects_unsupported(kwargs, exc, match):
     bits, k, dtype = kwargs.get("bits", 4), kwargs.get("k", 128), kwargs.get("dtype", torch.float16)
@@ -78,12 +78,12 @@ def test_repack_rejects_unsupported(kwargs, exc, match):
 
 def test_unrepack_rejects_wrong_shape():
     with pytest.raises(ValueError, match="expected int32"):
-        unrepack_codes(torch.zeros(1, 2, 1024, dtype=torch.int32), 4, 72, 192)
+        unrepack_codes(torch.zeros(1, 3, 2048, dtype=torch.int32), 4, 72, 256)
 
 
 # ---- the lowbit_linear_repacked op and the backend module, on the CPU reference ------------------------
 
-def _repacked_case(bits=4, g=32, sym=False, n=72, k=192, dtype=torch.float16):
+def _repacked_case(bits=4, g=32, sym=False, n=72, k=256, dtype=torch.float16):
     pw = quantize(torch.randn(n, k), bits=bits, group_size=g, symmetric=sym, scale_dtype=dtype)
     rw = repack_weight(pw.weight_packed, pw.weight_scale, pw.weight_zero_point, bits, g, k, dtype)
     return pw, rw
@@ -106,9 +106,9 @@ def test_repacked_op_matches_lowbit_linear_and_opcheck(case, dtype):
 
 
 @pytest.mark.parametrize("change,exc,match", [
-    (dict(x=torch.randn(3, 192)), TypeError, "x has dtype"),
+    (dict(x=torch.randn(3, 256)), TypeError, "x has dtype"),
     (dict(x=torch.randn(3, 128, dtype=torch.float16)), ValueError, "weight_repacked has shape"),
-    (dict(scale=torch.ones(6, 128, dtype=torch.bfloat16)), TypeError, "scale_repacked"),
+    (dict(scale=torch.ones(8, 128, dtype=torch.bfloat16)), TypeError, "scale_repacked"),
     (dict(zero=torch.ones(5, 128, dtype=torch.float16)), ValueError, "zero_repacked has shape"),
     (dict(bias=torch.ones(71, dtype=torch.float16)), ValueError, "bias has 71"),
     (dict(out_features=200), ValueError, "weight_repacked has shape"),
@@ -116,7 +116,7 @@ def test_repacked_op_matches_lowbit_linear_and_opcheck(case, dtype):
 ])
 def test_repacked_op_rejects_bad_arguments(change, exc, match):
     _, rw = _repacked_case()
-    args = dict(x=torch.randn(3, 192, dtype=torch.float16), weight=rw.weight, scale=rw.scale, zero=rw.zero,
+    args = dict(x=torch.randn(3, 256, dtype=torch.float16), weight=rw.weight, scale=rw.scale, zero=rw.zero,
                 bias=None, bits=4, g=32, out_features=72)
     args.update(change)
     with pytest.raises(exc, match=match):
@@ -128,13 +128,14 @@ def test_backend_supports_and_caches_the_repack():
     from llmlite_kernels.ops import lowbit_linear_ref
 
     assert cpp.supports(4, 128, True, torch.float16, 1, 4096, 4096)
-    assert cpp.supports(8, -1, False, torch.bfloat16, 64, 72, 192)
+    assert cpp.supports(8, -1, False, torch.bfloat16, 64, 72, 256)
+    assert not cpp.supports(8, -1, False, torch.bfloat16, 64, 72, 192)
     assert not cpp.supports(3, 128, True, torch.float16, 1, 4096, 4096)
     assert not cpp.supports(4, 128, True, torch.float32, 1, 4096, 4096)
     assert not cpp.supports(4, 32, True, torch.float16, 1, 4096, 4000)
     assert cpp.available() == (cpp._ext is not None and torch.cuda.is_available())
     pw, _ = _repacked_case()
-    x = torch.randn(5, 192, dtype=torch.float16)
+    x = torch.randn(5, 256, dtype=torch.float16)
     args = (pw.weight_packed, pw.weight_scale, pw.weight_zero_point, None, 4, 32)
     out = cpp.lowbit_linear(x, *args)  # runs the op's CPU reference here; the kernel on a GPU
     assert torch.equal(out, lowbit_linear_ref(x, *args))
@@ -152,8 +153,8 @@ def test_backend_supports_and_caches_the_repack():
 def test_repack_in_row_blocks_equals_one_block(monkeypatch):
     import llmlite_kernels.formats.mma_repack as mr
 
-    pw = quantize(torch.randn(700, 192), bits=4, group_size=64)
-    args = (pw.weight_packed, pw.weight_scale, pw.weight_zero_point, 4, 64, 192, torch.float16)
+    pw = quantize(torch.randn(700, 256), bits=4, group_size=64)
+    args = (pw.weight_packed, pw.weight_scale, pw.weight_zero_point, 4, 64, 256, torch.float16)
     whole = mr.repack_weight(*args)
-    monkeypatch.setattr(mr, "_CHUNK_ELEMENTS", TILE_N * 192 * 2)  # 2 n-tiles per block: 3 blocks
+    monkeypatch.setattr(mr, "_CHUNK_ELEMENTS", TILE_N * 256 * 2)  # 2 n-tiles per block: 3 blocks
     assert torch.equal(mr.repack_weight(*args).weight, whole.weight)

@@ -1,9 +1,10 @@
 // W4A16 / W8A16 small-batch GEMM: out = x @ dequant(W)^T (+ bias) on mma.sync m16n8k16 tensor cores.
 //
 // Design (for M = 1..64, memory bound on the weight stream):
-// * A thread block owns a 128-column tile of W (8 warps x 16 columns) and walks K in 64-wide stages.
+// * A thread block owns a 128-column tile of W (8 warps x 16 columns) and walks K in 128-wide stages.
 //   The weight arrives pre-shuffled (formats/mma_repack.py) so that one 16-byte shared load per lane
-//   and per 4 bits gives that lane exactly its B fragments for 4 MMA k-steps: no shuffles, no ldmatrix.
+//   and per 2 bits gives that lane exactly its B fragments for 8 MMA k-steps: no shuffles, no ldmatrix.
+//   128-wide stages amortise the per-stage work (barrier, copy issue, bookkeeping) over 8 KiB of W4.
 // * x (<= 64 rows) is staged per k-tile in swizzled shared memory and read with ldmatrix.x4.
 // * cp.async multi-stage pipeline; each stage = codes + activations + the tile's scales / zero points.
 // * Dequantization is two half2 ops per pair of weights: a magic-number conversion (codes OR-ed into
@@ -27,21 +28,23 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kTileN = 128;  // 8 warps x 16 columns
-constexpr int kTileK = 64;   // 4 MMA k-steps of 16
+constexpr int kTileK = 128;  // 8 MMA k-steps of 16
+constexpr int kKSteps = kTileK / 16;
+constexpr int kChunks = kTileK / 8;  // 16-byte chunks (8 halves) per row of an activation tile
 constexpr int kMaxRows = 64;  // rows of x per launch (M slice)
 constexpr int kMaxDevices = 64;
 
 // Shared memory of one pipeline stage, in 16-byte units.
 template <int BITS, int MB>
 struct StageLayout {
-  static constexpr int kWeight = kTileN * kTileK * BITS / 128;  // codes of the 128 x 64 tile
-  static constexpr int kAct = MB * 16 * kTileK / 8;              // MB*16 rows x 64 halves
-  static constexpr int kScale = 2 * kTileN * 2 / 16;            // up to 2 groups (g = 32) x 128 columns
+  static constexpr int kWeight = kTileN * kTileK * BITS / 128;  // codes of the 128 x 128 tile
+  static constexpr int kAct = MB * 16 * kChunks;                 // MB*16 rows x 128 halves
+  static constexpr int kScale = 4 * kTileN * 2 / 16;            // up to 4 groups (g = 32) x 128 columns
   static constexpr int kActOffset = kWeight;
   static constexpr int kScaleOffset = kWeight + kAct;
   static constexpr int kZeroOffset = kScaleOffset + kScale;
   static constexpr int kSize = kZeroOffset + kScale;
-  static constexpr int kStages = MB == 1 ? 6 : (MB == 2 ? 5 : 4);
+  static constexpr int kStages = MB == 4 ? 3 : 4;  // <= 106 KiB: two blocks per SM on sm_90
   static constexpr int kSmemBytes = kStages * kSize * 16;
 };
 
@@ -94,12 +97,16 @@ struct Act<__half> {
   using T2 = __half2;
   static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
   static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+  static __device__ __forceinline__ uint32_t dup(__half v) { return bit_cast<uint32_t>(__half2half2(v)); }
   static __device__ __forceinline__ uint32_t splat(float v) { return bit_cast<uint32_t>(__float2half2_rn(v)); }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     return bit_cast<uint32_t>(__floats2half2_rn(lo, hi));
   }
   static __device__ __forceinline__ uint32_t sub(uint32_t a, uint32_t b) {
     return bit_cast<uint32_t>(__hsub2(bit_cast<T2>(a), bit_cast<T2>(b)));
+  }
+  static __device__ __forceinline__ uint32_t add(uint32_t a, uint32_t b) {
+    return bit_cast<uint32_t>(__hadd2(bit_cast<T2>(a), bit_cast<T2>(b)));
   }
   static __device__ __forceinline__ uint32_t mul(uint32_t a, uint32_t b) {
     return bit_cast<uint32_t>(__hmul2(bit_cast<T2>(a), bit_cast<T2>(b)));
@@ -121,6 +128,7 @@ struct Act<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
   static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+  static __device__ __forceinline__ uint32_t dup(__nv_bfloat16 v) { return bit_cast<uint32_t>(__bfloat162bfloat162(v)); }
   static __device__ __forceinline__ uint32_t splat(float v) {
     return bit_cast<uint32_t>(__float2bfloat162_rn(v));
   }
@@ -129,6 +137,9 @@ struct Act<__nv_bfloat16> {
   }
   static __device__ __forceinline__ uint32_t sub(uint32_t a, uint32_t b) {
     return bit_cast<uint32_t>(__hsub2(bit_cast<T2>(a), bit_cast<T2>(b)));
+  }
+  static __device__ __forceinline__ uint32_t add(uint32_t a, uint32_t b) {
+    return bit_cast<uint32_t>(__hadd2(bit_cast<T2>(a), bit_cast<T2>(b)));
   }
   static __device__ __forceinline__ uint32_t mul(uint32_t a, uint32_t b) {
     return bit_cast<uint32_t>(__hmul2(bit_cast<T2>(a), bit_cast<T2>(b)));
@@ -159,16 +170,22 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a) {
   return r;
 }
 
+// From a group's scale and zero point (an exact integer in T), in half2 arithmetic (all exact):
+// fp16: bias2 = 1024 + z, bias2b = -(1024 + z) + 960 = -(64 + z); bf16 W4: bias2 = 128 + z;
+// bf16 W8: biasf = 2^23 + z.
 template <typename T, int BITS>
-__device__ __forceinline__ GroupConst make_group_const(T scale, float zero) {
+__device__ __forceinline__ GroupConst make_group_const(T scale, T zero) {
+  using A = Act<T>;
   GroupConst c;
-  const float s = Act<T>::to_float(scale);
-  c.scale2 = Act<T>::pack(s, s);
-  constexpr bool kHalf = std::is_same<T, __half>::value;
-  const float magic = kHalf ? 1024.0f : 128.0f;
-  c.bias2 = Act<T>::splat(magic + zero);
-  c.bias2b = Act<T>::splat(-(magic / 16.0f + zero));
-  c.biasf = 8388608.0f + zero;
+  c.scale2 = A::dup(scale);
+  const uint32_t z2 = A::dup(zero);
+  if constexpr (std::is_same<T, __half>::value) {
+    c.bias2 = A::add(z2, 0x64006400u);                    // + 1024
+    c.bias2b = A::fma(c.bias2, 0xbc00bc00u, 0x63806380u);  // * -1 + 960
+  } else {
+    c.bias2 = A::add(z2, 0x43004300u);  // + 128
+    c.biasf = A::to_float(zero) + 8388608.0f;
+  }
   return c;
 }
 
@@ -182,7 +199,7 @@ struct Dequant;
 template <>
 struct Dequant<__half, 4> {
   template <int J>
-  static __device__ __forceinline__ void run(const uint32_t (&w)[4], const GroupConst (&g)[2], uint32_t (&b)[2][2]) {
+  static __device__ __forceinline__ void run(const uint32_t (&w)[8], const GroupConst (&g)[2], uint32_t (&b)[2][2]) {
     using A = Act<__half>;
     constexpr uint32_t kMagic = 0x64006400u;      // 1024.0 in each half
     constexpr uint32_t kSixteenth = 0x2c002c00u;  // 1/16 in each half
@@ -198,7 +215,7 @@ struct Dequant<__half, 4> {
 template <>
 struct Dequant<__nv_bfloat16, 4> {
   template <int J>
-  static __device__ __forceinline__ void run(const uint32_t (&w)[4], const GroupConst (&g)[2], uint32_t (&b)[2][2]) {
+  static __device__ __forceinline__ void run(const uint32_t (&w)[8], const GroupConst (&g)[2], uint32_t (&b)[2][2]) {
     using A = Act<__nv_bfloat16>;
     constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in each bf16: 7 mantissa bits, so shift per nibble
     const uint32_t v = w[J];
@@ -212,7 +229,7 @@ struct Dequant<__nv_bfloat16, 4> {
 template <>
 struct Dequant<__half, 8> {
   template <int J>
-  static __device__ __forceinline__ void run(const uint32_t (&w)[8], const GroupConst (&g)[2], uint32_t (&b)[2][2]) {
+  static __device__ __forceinline__ void run(const uint32_t (&w)[16], const GroupConst (&g)[2], uint32_t (&b)[2][2]) {
     using A = Act<__half>;
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
@@ -227,7 +244,7 @@ struct Dequant<__half, 8> {
 template <>
 struct Dequant<__nv_bfloat16, 8> {
   template <int J>
-  static __device__ __forceinline__ void run(const uint32_t (&w)[8], const GroupConst (&g)[2], uint32_t (&b)[2][2]) {
+  static __device__ __forceinline__ void run(const uint32_t (&w)[16], const GroupConst (&g)[2], uint32_t (&b)[2][2]) {
     using A = Act<__nv_bfloat16>;
     // bf16 cannot hold 128 + q for q > 127: go through fp32 (2^23 + q), exact until the scale multiply.
 #pragma unroll
@@ -263,7 +280,7 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
   using L = StageLayout<BITS, MB>;
   using A = Act<T>;
   constexpr int kStages = L::kStages;
-  constexpr int kLaneInt4 = BITS / 4;  // 16-byte code vectors per lane and stage
+  constexpr int kLaneInt4 = BITS / 2;  // 16-byte code vectors per lane and stage
 
   extern __shared__ int4 smem[];
   __shared__ int last_arrival;
@@ -276,7 +293,9 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
   const T* __restrict__ zero = static_cast<const T*>(args.zero);
   const int K = args.K;
   const int k_tiles = args.k_tiles;
-  const bool two_groups = args.group_shift == 5;  // g = 32: a 64-wide k-tile spans 2 groups; else one
+  const int group_shift = args.group_shift;
+  // g < 128 (shift 5, 6): a k-tile spans 128 >> shift groups, one staged scale row each; else one row.
+  const bool multi_group = group_shift < 7;
   const bool has_zero = zero != nullptr;
 
   const int u_begin = blockIdx.x * args.units_per_block;
@@ -286,37 +305,38 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
 
   // Per-thread copy assignments, fixed for the whole kernel; load_stage only adds the unit's offsets.
   const uint32_t smem_base = smem_addr(smem);
-  // Codes: the repacked tensor is [n-tile][k-tile][128x64 tile] and a block's units are consecutive, so
-  // the block streams one contiguous range: 16 bytes per thread (x2 for W8) per unit.
+  // Codes: the repacked tensor is [n-tile][k-tile][128x128 tile] and a block's units are consecutive,
+  // so the block streams one contiguous range: 2 (W4) or 4 (W8) 16-byte copies per thread per unit.
   const int4* w_src = args.weight + static_cast<size_t>(u_begin) * L::kWeight + tid;
+  uint32_t w_dst = tid * 16;
   // Activations (valid rows only; the rest are zeroed once below): row r, 16-byte chunk c (8 halves)
   // lands at chunk c ^ (r % 8) of the row, so the 8 rows an ldmatrix reads at one logical chunk hit 8
-  // different bank groups. Thread tid copies chunk tid % 8 of rows tid / 8 and tid / 8 + 32.
-  const int a_row = tid >> 3, a_chunk = tid & 7;
+  // different bank groups. Thread tid copies chunk tid % 16 of rows tid / 16 + 16 * pass.
+  constexpr int kActRowsPerPass = kThreads / kChunks;  // 16; (row + 16) % 8 == row % 8
+  const int a_row = tid / kChunks, a_chunk = tid % kChunks;
   const T* a_src = x + a_row * K + a_chunk * 8;  // rows <= 64, K < 2^24: int offsets suffice
-  uint32_t a_dst = (L::kActOffset + a_row * 8 + (a_chunk ^ (a_row & 7))) * 16;
-  constexpr int kActRowsPerPass = kThreads / 8;  // 32 rows per pass; (row + 32) % 8 == row % 8
-  // Scales / zero points: threads 0-31 copy the scale rows, 64-95 the zero-point rows, of the group
-  // row(s) the k-tile touches (16 chunks of 8 columns per row; 2 rows when g = 32). Copied only when the
-  // unit's (group, n-tile) differs from the previous unit's: compute_stage reads them exactly then.
-  const int group_rows = two_groups ? 2 : 1;
+  uint32_t a_dst = (L::kActOffset + a_row * kChunks + (a_chunk ^ (a_row & 7))) * 16;
+  uint32_t a_passes = 0;  // bit p: row a_row + 16p exists
+#pragma unroll
+  for (int pass = 0; pass < MB; ++pass) a_passes |= (a_row + pass * kActRowsPerPass < args.rows ? 1u : 0u) << pass;
+  // Scales / zero points: threads 0-63 copy the scale rows, 64-127 the zero-point rows, of the group
+  // row(s) the k-tile touches (16 chunks of 8 columns per row). Copied only when the unit's (group,
+  // n-tile) differs from the previous unit's: compute_stage reads them exactly then.
+  const int group_rows = multi_group ? kTileK >> group_shift : 1;
   const bool is_zero_thread = tid >= 64;
   const int sz_id = is_zero_thread ? tid - 64 : tid;
-  const bool sz_copies = sz_id < 16 * group_rows && (!is_zero_thread || (has_zero && tid < 96));
+  uint32_t sz_flag = sz_id < 16 * group_rows && tid < 128 && (!is_zero_thread || has_zero);
   const T* sz_src = (is_zero_thread && has_zero ? zero : scale) + (sz_id >> 4) * args.n_pad + (sz_id & 15) * 8;
   uint32_t sz_dst = ((is_zero_thread ? L::kZeroOffset : L::kScaleOffset) + sz_id) * 16;
-  uint32_t sz_flag = sz_copies, a_flag0 = a_row < args.rows, a_flag1 = a_row + kActRowsPerPass < args.rows;
-  uint32_t w_dst = tid * 16;
   int loaded_group = -1, loaded_nt = -1;
   // Keep these in registers: otherwise ptxas re-derives them from threadIdx in every pipeline step.
+  pin(w_dst);
+  pin(a_src);
+  pin(a_dst);
+  pin(a_passes);
   pin(sz_src);
   pin(sz_dst);
   pin(sz_flag);
-  pin(a_src);
-  pin(a_dst);
-  pin(a_flag0);
-  pin(a_flag1);
-  pin(w_dst);
 
   // Issue the copies of the block's next unit (n-tile nt, k-tile kt) into the slot at shared address st.
   auto load_stage = [&](uint32_t st, int nt, int kt) {
@@ -324,11 +344,12 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
     for (int i = 0; i < L::kWeight / kThreads; ++i) cp_async16_s(st + w_dst + i * kThreads * 16, w_src + i * kThreads);
     w_src += L::kWeight;
 #pragma unroll
-    for (int pass = 0; pass < (L::kAct + kThreads - 1) / kThreads; ++pass) {
-      if (pass == 0 ? a_flag0 : a_flag1)
-        cp_async16_s(st + a_dst + pass * kActRowsPerPass * 8 * 16, a_src + pass * kActRowsPerPass * K + kt * kTileK);
+    for (int pass = 0; pass < MB; ++pass) {
+      if (a_passes & (1u << pass))
+        cp_async16_s(st + a_dst + pass * kActRowsPerPass * kChunks * 16,
+                     a_src + pass * kActRowsPerPass * K + kt * kTileK);
     }
-    const int group = (kt * kTileK) >> args.group_shift;
+    const int group = (kt * kTileK) >> group_shift;
     if (group != loaded_group || nt != loaded_nt) {
       loaded_group = group;
       loaded_nt = nt;
@@ -347,6 +368,7 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
   };
   clear_acc();
 
+  const T sym_zero = A::from_float(static_cast<float>(1 << (BITS - 1)));  // implicit z when symmetric
   // Constants of group row `gr` of the staged tile for this lane's two MMA column tiles.
   auto group_consts = [&](const int4* st, int gr, GroupConst (&g)[2]) {
     const T* s = reinterpret_cast<const T*>(st + L::kScaleOffset) + gr * kTileN;
@@ -354,29 +376,39 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
       const int col = warp * 16 + t * 8 + (lane >> 2);
-      const float zf = has_zero ? A::to_float(z[col]) : static_cast<float>(1 << (BITS - 1));
-      g[t] = make_group_const<T, BITS>(s[col], zf);
+      g[t] = make_group_const<T, BITS>(s[col], has_zero ? z[col] : sym_zero);
     }
   };
 
   // ldmatrix.x4 row addresses (offsets in a slot) of MMA row block 0 for k-steps J = 0..3: lanes 0-7 /
   // 8-15 / 16-23 / 24-31 give rows of the four 8x8 matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15), i.e.
-  // the a0a1, a2a3, a4a5, a6a7 registers of the A fragment. Row block mb adds 16 rows (same swizzle).
+  // the a0a1, a2a3, a4a5, a6a7 registers of the A fragment. k-steps 4-7 read logical chunks 8-15,
+  // which the swizzle (on the low 3 bits) keeps 8 chunks = 128 bytes further; row block mb adds 16 rows.
   uint32_t ld_offset[4];
   {
     const int r = (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) ld_offset[j] = (L::kActOffset + r * 8 + ((2 * j + (lane >> 4)) ^ (r & 7))) * 16;
+    for (int j = 0; j < 4; ++j) {
+      ld_offset[j] = (L::kActOffset + r * kChunks + ((2 * j + (lane >> 4)) ^ (r & 7))) * 16;
+      pin(ld_offset[j]);
+    }
   }
 
-  // Group constants of the k-steps 0-1 / 2-3 of the current stage; rebuilt only when the stage's
-  // group (or n-tile) differs from the previous stage's (g >= 128: every other stage or never).
-  GroupConst g_first[2], g_second[2];
+  // Group constants of the current k-step. At k-step 0 of a stage they are rebuilt when the stage's
+  // group (or n-tile) differs from the last one built (g >= 128: every g/128 stages; per-channel: once
+  // per n-tile); for g < 128 also at each k-step that starts a group.
+  GroupConst gc[2];
   int const_nt = -1, const_group = -1;
+  uint32_t reload_steps = 0;  // bit J: k-step J (> 0) starts a new group (g = 32: even J; g = 64: J = 4)
+  if (multi_group) {
+#pragma unroll
+    for (int j = 1; j < kKSteps; ++j) reload_steps |= (((16 * j) & ((1 << group_shift) - 1)) == 0 ? 1u : 0u) << j;
+  }
+  pin(reload_steps);
 
   auto compute_stage = [&](int slot, int nt, int kt) {
     const int4* st = smem + slot * L::kSize;
-    uint32_t w[BITS];
+    uint32_t w[2 * BITS];
 #pragma unroll
     for (int v = 0; v < kLaneInt4; ++v) {
       const int4 q = st[(warp * kLaneInt4 + v) * 32 + lane];
@@ -385,27 +417,23 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
       w[4 * v + 2] = q.z;
       w[4 * v + 3] = q.w;
     }
-    const int group = (kt * kTileK) >> args.group_shift;
+    const int group = (kt * kTileK) >> group_shift;
     if (group != const_group || nt != const_nt) {
       const_group = group;
       const_nt = nt;
-      group_consts(st, 0, g_first);
-      if (two_groups) {
-        group_consts(st, 1, g_second);
-      } else {
-        g_second[0] = g_first[0];
-        g_second[1] = g_first[1];
-      }
+      group_consts(st, 0, gc);
     }
     const uint32_t slot_addr = smem_base + slot * (L::kSize * 16);
 
     auto kstep = [&](auto j_const) {
       constexpr int J = decltype(j_const)::value;
+      if (J > 0 && (reload_steps & (1u << J))) group_consts(st, (16 * J) >> group_shift, gc);
       uint32_t a[MB][4];
 #pragma unroll
-      for (int mb = 0; mb < MB; ++mb) ldmatrix_x4(a[mb], slot_addr + ld_offset[J] + mb * (16 * 8 * 16));
+      for (int mb = 0; mb < MB; ++mb)
+        ldmatrix_x4(a[mb], slot_addr + ld_offset[J & 3] + (J >> 2) * 128 + mb * (16 * kChunks * 16));
       uint32_t b[2][2];
-      Dequant<T, BITS>::template run<J>(w, J < 2 ? g_first : g_second, b);
+      Dequant<T, BITS>::template run<J>(w, gc, b);
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) {
         A::mma(acc[mb][0], a[mb], b[0]);
@@ -416,6 +444,11 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
     kstep(std::integral_constant<int, 1>{});
     kstep(std::integral_constant<int, 2>{});
     kstep(std::integral_constant<int, 3>{});
+    kstep(std::integral_constant<int, 4>{});
+    kstep(std::integral_constant<int, 5>{});
+    kstep(std::integral_constant<int, 6>{});
+    kstep(std::integral_constant<int, 7>{});
+    static_assert(kKSteps == 8, "k-steps unrolled by hand above");
   };
 
   // C fragment of (mb, t): elements 0,1 at row mb*16 + lane/4, columns 2*(lane%4) + {0,1} of the warp's
@@ -502,7 +535,7 @@ __global__ void __launch_bounds__(kThreads, 2) lowbit_a16_gemm_kernel(const Gemm
   // read by the pipeline's barrier).
   for (int i = tid; i < kStages * L::kAct; i += kThreads) {
     const int slot = i / L::kAct, chunk = i - slot * L::kAct;
-    if ((chunk >> 3) >= args.rows) smem[slot * L::kSize + L::kActOffset + chunk] = make_int4(0, 0, 0, 0);
+    if (chunk / kChunks >= args.rows) smem[slot * L::kSize + L::kActOffset + chunk] = make_int4(0, 0, 0, 0);
   }
 
   // Pipeline: slot i % kStages holds unit u_begin + i; kStages - 1 units are in flight ahead. Unit

@@ -3,11 +3,11 @@
 // out[M, N] = x[M, K] @ W[N, K]^T (+ bias), W = (q - z) * s group-wise, fp32 accumulation, out in x's dtype.
 // The weight must first be repacked into the kernel's fragment order (see
 // llmlite_kernels/formats/mma_repack.py, which defines the layout; this header only states its shape):
-//   weight   int32 [N_pad / 128, K / 64, 256 * bits]  (one 128 x 64 tile of codes per (n-tile, k-tile))
+//   weight   int32 [N_pad / 128, K / 128, 512 * bits]  (one 128 x 128 tile of codes per (n-tile, k-tile))
 //   scale    [G, N_pad] in x's dtype              (k-major: one row of scales per group)
 //   zero     [G, N_pad] in x's dtype holding z    (nullptr for symmetric: z = 2**(bits-1))
 // with N_pad = ceil(N / 128) * 128 and G = ceil(K / group_size) (group_size == K for per-channel).
-// Requirements (checked by the caller): K % 64 == 0, bits in {4, 8}, group_size in {32, 64, 128, 256, K},
+// Requirements (checked by the caller): K % 128 == 0, bits in {4, 8}, group_size in {32, 64, 128, 256, K},
 // every pointer 16-byte aligned except bias/out (2-byte), x row-major [M, K].
 #pragma once
 
@@ -24,7 +24,7 @@ enum class ActDtype : int { kFloat16 = 0, kBFloat16 = 1 };
 struct LowbitGemmPlan {
   int m_blocks;         // 16-row MMA blocks per M slice (1, 2 or 4)
   int n_tiles;          // N_pad / 128
-  int k_tiles;          // K / 64
+  int k_tiles;          // K / 128
   int blocks;           // thread blocks launched per M slice
   int units_per_block;  // contiguous (n-tile, k-tile) units of one block, k fastest
   int max_slots;        // most blocks sharing one n-tile (fp32 partial slots per n-tile)

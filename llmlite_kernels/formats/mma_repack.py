@@ -1,16 +1,16 @@
 """Repack the stored low-bit format into the fragment order of the CUDA tensor-core GEMM, and back.
 
 This file defines the layout that ``csrc/cuda/lowbit_a16_gemm.cu`` reads (pure torch; done once at
-load, on any device). Only 4- and 8-bit codes, ``K % 64 == 0``.
+load, on any device). Only 4- and 8-bit codes, ``K % 128 == 0``.
 
 The weight ``W`` [N, K] is cut into tiles of 128 columns of ``N`` ("n-tiles", N padded with zero codes
-to ``N_pad``) by 64 of ``K`` ("k-tiles"). A tile is what one thread block streams per pipeline stage:
-8 warps x 16 output columns x 4 MMA k-steps of 16. The ``mma.m16n8k16`` B fragment of a lane
+to ``N_pad``) by 128 of ``K`` ("k-tiles"). A tile is what one thread block streams per pipeline stage:
+8 warps x 16 output columns x 8 MMA k-steps of 16. The ``mma.m16n8k16`` B fragment of a lane
 (``lane = 4*col + pair``) holds, for 8-column tile ``t`` in {0, 1} of its warp and k-step ``j``, the
 four elements ``r`` = 0..3 at ``n = 16*warp + 8*t + col`` and ``k = 16*j + 2*pair + r%2 + 8*(r//2)``.
 
-Repacked codes: int32 ``[N_pad/128, K/64, 256*bits]``; inside a tile, ``bits/4`` 16-byte vectors per
-lane at vector index ``(warp*bits/4 + v)*32 + lane`` (so a warp's loads are contiguous), each of 4
+Repacked codes: int32 ``[N_pad/128, K/128, 512*bits]``; inside a tile, ``bits/2`` 16-byte vectors per
+lane at vector index ``(warp*bits/2 + v)*32 + lane`` (so a warp's loads are contiguous), each of 4
 words ``c``; word ``i = 4*v + c`` of a lane:
 
 * W4: word ``j`` holds the lane's 8 codes of k-step j: element r of tile t in nibble ``(2t + r//2) + 4*(r%2)``.
@@ -34,7 +34,7 @@ from .bitpack import pack_codes, unpack_codes
 from .lowbit import canonical_group_size, check_packed
 
 TILE_N = 128
-TILE_K = 64
+TILE_K = 128
 REPACK_BITS = (4, 8)
 REPACK_DTYPES = (torch.float16, torch.bfloat16)
 _CHUNK_ELEMENTS = 1 << 24  # codes per repack step of repack_weight: int64 temporaries ~128 MiB
@@ -44,7 +44,7 @@ _CHUNK_ELEMENTS = 1 << 24  # codes per repack step of repack_weight: int64 tempo
 class MmaRepackedWeight:
     """A low-bit weight in the CUDA GEMM's fragment order (see the module docstring)."""
 
-    weight: torch.Tensor                 # int32 [N_pad/128, K/64, 256*bits]
+    weight: torch.Tensor                 # int32 [N_pad/128, K/128, 512*bits]
     scale: torch.Tensor                  # [G, N_pad], activation dtype
     zero: Optional[torch.Tensor]         # [G, N_pad], activation dtype, or None (symmetric)
     bits: int
@@ -73,13 +73,14 @@ def _check_repackable(bits: int, in_features: int):
 
 
 # Axis orders of the two permutations. The source view of a block of n-tiles of codes [n, k]:
-#   W4: (nt, warp, t, col, kt, j, rhi, pair, rlo)          n = 128nt+16warp+8t+col, k = 64kt+16j+8rhi+2pair+rlo
-#   W8: (nt, warp, t, col, kt, jhi, jlo, rhi, pair, rlo)   the same with j = 2jhi + jlo
+#   (nt, warp, t, col, kt, jhi, jlo, rhi, pair, rlo)  n = 128nt + 16warp + 8t + col,
+#                                                     k = 128kt + 16j + 8rhi + 2pair + rlo, j = jhi*J_LO + jlo
+# with (jhi, jlo) = (2, 4) for W4 (vector v = j // 4, word j % 4) and (4, 2) for W8 (v = j // 2).
 # Target (repacked words, fields last):
-#   W4: (nt, kt, warp, col, pair, j, rlo, t, rhi)          word j of lane 4col+pair, nibble 4rlo+2t+rhi
-#   W8: (nt, kt, warp, jhi, col, pair, jlo, t, rlo, rhi)   vector jhi, word 2jlo+t, byte 2rlo+rhi
-_SOURCE_SHAPE = {4: (8, 2, 8, -1, 4, 2, 4, 2), 8: (8, 2, 8, -1, 2, 2, 2, 4, 2)}
-_TO_FRAGMENT = {4: (0, 4, 1, 3, 7, 5, 8, 2, 6), 8: (0, 4, 1, 5, 3, 8, 6, 2, 9, 7)}
+#   W4: (nt, kt, warp, jhi, col, pair, jlo, rlo, t, rhi)   vector jhi, word jlo, nibble 4rlo + 2t + rhi
+#   W8: (nt, kt, warp, jhi, col, pair, jlo, t, rlo, rhi)   vector jhi, word 2jlo + t, byte 2rlo + rhi
+_SOURCE_SHAPE = {4: (8, 2, 8, -1, 2, 4, 2, 4, 2), 8: (8, 2, 8, -1, 4, 2, 2, 4, 2)}
+_TO_FRAGMENT = {4: (0, 4, 1, 5, 3, 8, 6, 9, 2, 7), 8: (0, 4, 1, 5, 3, 8, 6, 2, 9, 7)}
 
 
 def _inverse(perm):
@@ -90,7 +91,7 @@ def _inverse(perm):
 
 
 def repack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes uint8 [N, K] (values < 2**bits) -> repacked int32 [N_pad/128, K/64, 256*bits]."""
+    """Codes uint8 [N, K] (values < 2**bits) -> repacked int32 [N_pad/128, K/128, 512*bits]."""
     _check_repackable(bits, codes.shape[1])
     n, k = codes.shape
     n_pad = padded_out_features(n)
@@ -106,11 +107,11 @@ def repack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unrepack_codes(words: torch.Tensor, bits: int, out_features: int, in_features: int) -> torch.Tensor:
-    """Inverse of :func:`repack_codes`: int32 [N_pad/128, K/64, 256*bits] -> uint8 codes [N, K]."""
+    """Inverse of :func:`repack_codes`: int32 [N_pad/128, K/128, 512*bits] -> uint8 codes [N, K]."""
     _check_repackable(bits, in_features)
     k = in_features
     n_pad = padded_out_features(out_features)
-    expected = (n_pad // TILE_N, k // TILE_K, 256 * bits)
+    expected = (n_pad // TILE_N, k // TILE_K, 512 * bits)
     if tuple(words.shape) != expected or words.dtype != torch.int32:
         raise ValueError(f"repacked weight has shape {tuple(words.shape)} dtype {words.dtype}; "
                          f"expected int32 {expected}")
@@ -172,7 +173,7 @@ def check_repacked(x, weight_repacked, scale_repacked, zero_repacked, bias, bits
         raise ValueError(f"out_features must be a positive int, got {out_features!r}")
     n_pad = padded_out_features(out_features)
     check_tensor("weight_repacked", weight_repacked, dtypes=(torch.int32,), ndim=3, contiguous=True, device=x.device)
-    expected = (n_pad // TILE_N, k // TILE_K, 256 * bits)
+    expected = (n_pad // TILE_N, k // TILE_K, 512 * bits)
     if tuple(weight_repacked.shape) != expected:
         raise ValueError(f"weight_repacked has shape {tuple(weight_repacked.shape)}; expected {expected}")
     g = k if group_size == -1 else group_size
