@@ -18,9 +18,10 @@ all this as the CUDA implementation of the ops. Each launcher runs on CUDA tenso
 TRITON_INTERPRET=1 (the tests).
 """
 from .linear_dispatch import lowbit_dequantize, lowbit_linear, lowbit_linear_2d
+from .sparse24_linear import w24_linear, w24_lowbit_linear
 from .lowbit_dequant import w_lowbit_dequantize
 from .lowbit_gemm import w_lowbit_gemm
 from .lowbit_gemv import w_lowbit_gemv
 
 __all__ = ["lowbit_dequantize", "lowbit_linear", "lowbit_linear_2d", "w_lowbit_dequantize", "w_lowbit_gemm",
-           "w_lowbit_gemv"]
+           "w_lowbit_gemv", "w24_linear", "w24_lowbit_linear"]

@@ -11,6 +11,7 @@ if _cpu is not None:
     set_status("cpu_cpp", True, f"llmlite_kernels._C loaded, isa={torch.ops.llmlite.cpu_isa()}")
 
 from . import cuda  # noqa: E402,F401  (CUDA kernels: Triton / CUDA C++, when a GPU is present)
+from . import cuda_sparse24  # noqa: E402,F401  (2:4 sparse ops on CUDA)
 from . import cuda_sparse  # noqa: E402,F401  (masked_linear: Triton masked GEMM on CUDA)
 
 log_inactive()
