@@ -62,6 +62,7 @@ def _extensions():
                             "--expt-relaxed-constexpr",
                             "-gencode=arch=compute_80,code=sm_80",
                             "-gencode=arch=compute_90a,code=sm_90a",
+                            "--threads=2",  # the two targets of a .cu file compile in parallel
                         ],
                     },
                 )

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDA_H
 
 def _compile(path, out_dir):
     obj = os.path.join(out_dir, os.path.basename(path) + ".o")
-    cmd = [NVCC, "-c", "-O3", "-std=c++17", "--expt-relaxed-constexpr", *ARCHS, "-Xptxas", "-v",
+    cmd = [NVCC, "-c", "-O3", "-std=c++17", "--expt-relaxed-constexpr", *ARCHS, "--threads=2", "-Xptxas", "-v",
            "-I", os.path.join(ROOT, "csrc"), path, "-o", obj]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return path, proc
