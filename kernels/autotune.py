@@ -30,9 +30,11 @@ DEVICE = "cuda"  # a CPU smoke test sets "cpu" (TRITON_INTERPRET=1)
 SHAPES = [(4096, 14336), (14336, 4096)]  # (K, N): an up- and a down-projection
 QUICK_SHAPES = [(4096, 14336)]
 
-GEMV_M1 = [dict(block_m=1, block_n=bn, block_k=bk, split_k=0, num_warps=w, num_stages=s)
-           for bn, bk, w, s in [(16, 256, 4, 2), (32, 256, 4, 2), (32, 512, 4, 2), (64, 128, 4, 2), (64, 256, 8, 2),
-                                (16, 512, 4, 3), (32, 128, 2, 2), (128, 128, 8, 2)]]
+GEMV_M1 = [dict(block_m=1, block_n=bn, block_k=bk, split_k=sk, waves=wv, num_warps=w, num_stages=s)
+           for bn, bk, sk, wv, w, s in [
+               (16, 256, 0, 2, 4, 2), (32, 256, 0, 2, 4, 2), (32, 512, 0, 2, 4, 2), (64, 128, 0, 2, 4, 2),
+               (64, 256, 0, 2, 8, 2), (16, 512, 0, 4, 4, 3), (32, 128, 0, 4, 2, 2), (128, 128, 0, 2, 8, 2),
+               (32, 256, 1, 2, 4, 3), (16, 256, 0, 8, 4, 2)]]
 GEMV_SMALL = [dict(block_m=bm, block_n=bn, block_k=bk, split_k=0, num_warps=w, num_stages=2)
               for bm, bn, bk, w in [(4, 32, 64, 4), (4, 32, 128, 4), (4, 64, 64, 8), (16, 32, 32, 4), (16, 16, 64, 4)]]
 GEMM = [dict(block_m=bm, block_n=bn, block_k=bk, group_m=8, split_k=sk, num_warps=w, num_stages=s)

@@ -35,7 +35,8 @@ def checked_2d(x, weight_packed, weight_scale, weight_zero_point, bias, bits, gr
 
 
 def split_k_for(tiles: int, k_blocks: int, sms: int, requested: int = 0, waves: int = 2):
-    """(split_k, k-blocks per split). ``requested`` 0 = enough splits to give every SM ``waves`` programs."""
+    """(split_k, k-blocks per split). ``requested`` 0 = enough splits to give every SM ``waves`` programs
+    (config key ``waves``: more programs keep more loads in flight; fewer spare the split-K reduce)."""
     if requested > 0:
         split = requested
     else:

@@ -12,7 +12,7 @@ from .dequant_tile import dequant_tile
 from .launch_params import checked_2d, check_block_k, group_constexpr, num_sms, split_k_for
 from .splitk_reduce import splitk_reduce
 
-DEFAULT_CONFIG = {"block_m": 64, "block_n": 128, "block_k": 64, "group_m": 8, "split_k": 1,
+DEFAULT_CONFIG = {"block_m": 64, "block_n": 128, "block_k": 64, "group_m": 8, "split_k": 1, "waves": 2,
                   "num_warps": 4, "num_stages": 3}
 
 
@@ -74,7 +74,8 @@ def gemm(x2, weight_packed, weight_scale, weight_zero_point, bias, bits, group_s
     if min(block_m, block_n) < 16:
         raise ValueError(f"block_m={block_m} and block_n={block_n} must be >= 16 (tl.dot)")
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-    split_k, per_split = split_k_for(tiles, triton.cdiv(k, block_k), num_sms(x2.device), cfg["split_k"])
+    split_k, per_split = split_k_for(tiles, triton.cdiv(k, block_k), num_sms(x2.device), cfg["split_k"],
+                                     cfg["waves"])
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     if m == 0:
         return out

@@ -15,7 +15,8 @@ from .dequant_tile import dequant_tile
 from .launch_params import checked_2d, check_block_k, group_constexpr, num_sms, split_k_for
 from .splitk_reduce import splitk_reduce
 
-DEFAULT_CONFIG = {"block_m": 4, "block_n": 32, "block_k": 128, "split_k": 0, "num_warps": 4, "num_stages": 2}
+DEFAULT_CONFIG = {"block_m": 4, "block_n": 32, "block_k": 128, "split_k": 0, "waves": 2, "num_warps": 4,
+                  "num_stages": 2}
 
 
 @triton.jit
@@ -74,7 +75,8 @@ def gemv_splitk(x2, weight_packed, weight_scale, weight_zero_point, bias, bits, 
     block_m = min(cfg["block_m"], triton.next_power_of_2(max(m, 1)))
     block_n = cfg["block_n"]
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    split_k, per_split = split_k_for(tiles, triton.cdiv(k, block_k), num_sms(x2.device), cfg["split_k"])
+    split_k, per_split = split_k_for(tiles, triton.cdiv(k, block_k), num_sms(x2.device), cfg["split_k"],
+                                     cfg["waves"])
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     if m == 0:
         return out
