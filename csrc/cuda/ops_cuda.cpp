@@ -39,11 +39,11 @@ at::Tensor lowbit_linear_repacked_cuda(const at::Tensor& x, const at::Tensor& we
   TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
   const int64_t K = x.size(-1);
   const int64_t N = out_features;
-  TORCH_CHECK(K > 0 && K % 64 == 0, "in_features must be a positive multiple of 64, got ", K);
+  TORCH_CHECK(K > 0 && K % 128 == 0, "in_features must be a positive multiple of 128, got ", K);
   const int64_t n_pad = (N + 127) / 128 * 128;
   TORCH_CHECK(weight_repacked.scalar_type() == at::kInt && weight_repacked.is_contiguous() &&
                   weight_repacked.numel() == n_pad * K * bits / 32,
-              "weight_repacked must be contiguous int32 [N_pad/128, K/64, 256*bits]");
+              "weight_repacked must be contiguous int32 [N_pad/128, K/128, 512*bits]");
   const int64_t g = group_size == -1 ? K : group_size;
   const int64_t groups = (K + g - 1) / g;
   TORCH_CHECK(scale_repacked.scalar_type() == x.scalar_type() && scale_repacked.is_contiguous() &&

@@ -4,7 +4,7 @@ Interface used by ``ops/cuda.py`` (which picks this backend or Triton per shape)
 
 * ``available()``: the extension ``llmlite_kernels._C_cuda`` loaded and a CUDA device is present.
 * ``supports(bits, group_size, symmetric, dtype, M, N, K)``: shapes the kernel computes correctly
-  (W4/W8, fp16/bf16, groups 32/64/128/256 and per-channel, any M and N, ``K % 64 == 0``). Speed is
+  (W4/W8, fp16/bf16, groups 32/64/128/256 and per-channel, any M and N, ``K % 128 == 0``). Speed is
   ``cuda.py``'s business (its per-GPU table); the kernel is tuned for M <= 64.
 * ``lowbit_linear(x, weight_packed, ...)``: same arguments and result as the op. The weight is repacked
   on first use and cached per weight tensor (keyed on the tensor object, its version counter and the
