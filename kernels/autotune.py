@@ -55,8 +55,11 @@ def _layer(k, n, bits, group_size=128, dtype=torch.float16):
 
 
 class Tuner:
-    def __init__(self, shapes, budget_s, log=print):
-        self.shapes, self.deadline, self.log = shapes, time.monotonic() + budget_s, log
+    def __init__(self, shapes, budget_s, stages, log=print):
+        self.shapes, self.log = shapes, log
+        self.deadline = time.monotonic() + budget_s
+        self.stage_s = budget_s / stages  # each bucket gets its share; unused time rolls over
+        self.default = tuned_configs.load(tuned_configs.config_path(None))
         self.layers = {}
 
     def layer(self, k, n, bits):
@@ -84,20 +87,24 @@ class Tuner:
         return total
 
     def best(self, candidates, m, bits):
-        """(kernel, config, µs) with the least total time among ``candidates`` [(kernel, config)]."""
+        """(kernel, config, µs) with the least total time among the default table's choice for (m, bits)
+        (always tried first, so a spent budget never does worse than the defaults) and ``candidates``."""
+        default = tuned_configs.choose(self.default, m, bits, 128)
+        candidates = [default] + [c for c in candidates if c != default]
+        stage_deadline = min(self.deadline, time.monotonic() + self.stage_s)
         results = []
         for kernel, config in candidates:
-            if time.monotonic() > self.deadline and results:
-                self.log("    (time budget spent: keeping the best so far)")
+            if results and time.monotonic() > stage_deadline:
+                self.log(f"    (time share spent after {len(results)} of {len(candidates)} configs)")
                 break
             results.append((self.time_us(kernel, config, m, bits), kernel, config))
         us, kernel, config = min(results, key=lambda r: r[0])
-        self.log(f"  M={m:<5} W{bits}: {kernel} {config} {us:.1f} µs (of {len(results)} tried)")
+        self.log(f"  M={m:<5} W{bits}: {kernel} {config} {us:.1f} µs")
         return kernel, config, us
 
 
 def tune(shapes=SHAPES, budget_s=180.0, log=print) -> dict:
-    t = Tuner(shapes, budget_s, log)
+    t = Tuner(shapes, budget_s, stages=4 + 2 + len(LARGE_M), log=log)
     rules = []
     for bits in (4, 8, 3, 2):  # M = 1 per bits: the decode case, where the weight bytes differ most
         kernel, config, _ = t.best([("gemv", c) for c in GEMV_M1], 1, bits)
@@ -127,12 +134,14 @@ def tune(shapes=SHAPES, budget_s=180.0, log=print) -> dict:
     except ImportError:
         cpp = None
     if cpp is not None and cpp.available():
-        for m in (1, 4, 16, 64):
+        low = 1
+        for m in (1, 4, 16, 64):  # bucket [low, m] follows its measurement at M = m
             cpp_us = t.time_us(None, None, m, 4, cpp=cpp)
             triton_us = chosen[m][2] if m in chosen else t.time_us("gemv", rules[0]["config"], m, 4)
             log(f"  M={m:<5} CUDA C++ {cpp_us:.1f} µs vs Triton {triton_us:.1f} µs")
             if cpp_us < triton_us:
-                prefer_cpp.append({"max_m": m, "min_m": m})
+                prefer_cpp.append({"min_m": low, "max_m": m})
+            low = m + 1
     else:
         prefer_cpp = [{"max_m": 64}]  # untested here: keep the default preference
 
