@@ -40,6 +40,7 @@ class CudaCppLowbitLinear:
         self.bits, self.group_size, self.symmetric, self.dtype = bits, group_size, symmetric, dtype
         g = "pc" if group_size == -1 else group_size
         self.name = f"cuda_cpp W{bits} g{g}{'' if symmetric else ' asym'}"
+        self._weights = {}
 
     def available(self) -> bool:
         return cpp.available()
@@ -51,15 +52,22 @@ class CudaCppLowbitLinear:
     def nbytes(self, k: int, n: int) -> int:
         return int(padded_out_features(n) * k * self.bytes_per_weight(k))
 
-    def prepare(self, k: int, n: int, m: int, device="cuda"):
+    def new_weights(self, k: int, n: int, device="cuda"):
+        """A fresh random layer (every bit pattern is a valid code), repacked as at load time."""
         words = packed_words(k, self.bits)
         groups = num_groups(k, self.group_size)
         packed = torch.randint(-2**31, 2**31 - 1, (n, words), dtype=torch.int32, device=device)
         scale = (torch.rand(n, groups, device=device) * 0.01 + 0.001).to(self.dtype)
         zero = None if self.symmetric else torch.randint(0, 2**self.bits, (n, groups), dtype=torch.uint8,
                                                           device=device)
-        rw = cpp.prepare(packed, scale, zero, self.bits, self.group_size, k, self.dtype)
-        return torch.randn(m, k, device=device, dtype=self.dtype), rw
+        return cpp.prepare(packed, scale, zero, self.bits, self.group_size, k, self.dtype)
+
+    def prepare(self, k: int, n: int, m: int, device="cuda"):
+        # One repacked layer per shape, reused across M (the kernel's speed does not depend on values).
+        key = (k, n, str(device))
+        if key not in self._weights:
+            self._weights[key] = self.new_weights(k, n, device)
+        return torch.randn(m, k, device=device, dtype=self.dtype), self._weights[key]
 
     def compute(self, x, rw):
         return cpp.linear_repacked(x, rw)
@@ -78,9 +86,11 @@ class CublasDense:
     def nbytes(self, k: int, n: int) -> int:
         return 2 * n * k
 
+    def new_weights(self, k: int, n: int, device="cuda"):
+        return torch.randn(n, k, device=device, dtype=self.dtype)
+
     def prepare(self, k: int, n: int, m: int, device="cuda"):
-        return (torch.randn(m, k, device=device, dtype=self.dtype),
-                torch.randn(n, k, device=device, dtype=self.dtype))
+        return torch.randn(m, k, device=device, dtype=self.dtype), self.new_weights(k, n, device)
 
     def compute(self, x, w):
         return F.linear(x, w)
@@ -108,7 +118,7 @@ def streaming_read_gbps(nbytes=2**31) -> float:
 def time_op(op, k, n, m, ring_bytes, reps=20) -> float:
     """Seconds per call, median over passes of a ring of distinct layers (weights cold in L2)."""
     x, w = op.prepare(k, n, m)
-    ring = [w] + [op.prepare(k, n, m)[1] for _ in range(max(1, math.ceil(ring_bytes / op.nbytes(k, n))) - 1)]
+    ring = [w] + [op.new_weights(k, n) for _ in range(max(1, math.ceil(ring_bytes / op.nbytes(k, n))) - 1)]
     op.compute(x, ring[0])  # warm-up: plan caches, lazy init
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     samples = []
