@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -164,7 +165,9 @@ def time_us(op, k, n, m, rep_ms=40) -> float:
     return ms * 1e3
 
 
-def run(shapes=SHAPES, batches=BATCHES, ops=None, log=print):
+def run(shapes=SHAPES, batches=BATCHES, ops=None, log=print, budget_s=None):
+    """Measure every op on every (shape, M); M-major order, so a run cut short by ``budget_s`` still has the
+    small-M (decode) rows of every shape. Returns (header, rows sorted by shape then M)."""
     ops = [op for op in (ops or registry()) if op.available()]
     props = torch.cuda.get_device_properties(0)
     bw = copy_bandwidth_gbps()
@@ -172,26 +175,31 @@ def run(shapes=SHAPES, batches=BATCHES, ops=None, log=print):
               f"copy bandwidth {bw:.0f} GB/s (same run)")
     log(f"# {header}")
     rows = []
-    for shape, (k, n) in shapes.items():
-        for m in batches:
-            times = {}
-            for op in ops:
-                try:
-                    times[op.name] = time_us(op, k, n, m)
-                except Exception as exc:  # an op that cannot run a case says so in the table
-                    log(f"  {op.name} {shape} M={m}: {type(exc).__name__}: {exc}".splitlines()[0][:160])
-            for op in ops:
-                if op.name not in times:
-                    continue
-                us = times[op.name]
-                weight_bytes = op.nbytes(k, n)
-                rows.append(dict(
-                    shape=shape, K=k, N=n, M=m, op=op.name, us=us, gbps=weight_bytes / us / 1e3,
-                    roof_pct=100 * (weight_bytes / (bw * 1e3)) / us,
-                    x_fp16=times[FP16_BASELINE] / us if FP16_BASELINE in times else math.nan,
-                    x_int4pack=times[INT4_BASELINE] / us if INT4_BASELINE in times else math.nan,
-                ))
-            log(f"  {shape} M={m}: " + ", ".join(f"{name} {t:.1f}" for name, t in times.items()))
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    for m, (shape, (k, n)) in ((m, item) for m in batches for item in shapes.items()):
+        if deadline is not None and time.monotonic() > deadline:
+            log(f"  time budget of {budget_s:.0f} s spent: stopping before {shape} M={m}")
+            break
+        times = {}
+        for op in ops:
+            try:
+                times[op.name] = time_us(op, k, n, m)
+            except Exception as exc:  # an op that cannot run a case says so in the table
+                log(f"  {op.name} {shape} M={m}: {type(exc).__name__}: {exc}".splitlines()[0][:160])
+        for op in ops:
+            if op.name not in times:
+                continue
+            us = times[op.name]
+            weight_bytes = op.nbytes(k, n)
+            rows.append(dict(
+                shape=shape, K=k, N=n, M=m, op=op.name, us=us, gbps=weight_bytes / us / 1e3,
+                roof_pct=100 * (weight_bytes / (bw * 1e3)) / us,
+                x_fp16=times[FP16_BASELINE] / us if FP16_BASELINE in times else math.nan,
+                x_int4pack=times[INT4_BASELINE] / us if INT4_BASELINE in times else math.nan,
+            ))
+        log(f"  {shape} M={m}: " + ", ".join(f"{name} {t:.1f}" for name, t in times.items()))
+    order = {shape: i for i, shape in enumerate(shapes)}
+    rows.sort(key=lambda r: (order[r["shape"]], r["M"]))  # stable: ops keep their registry order
     return header, rows
 
 
@@ -237,6 +245,7 @@ def main(argv=None):
     p.add_argument("--csv")
     p.add_argument("--json")
     p.add_argument("--png")
+    p.add_argument("--budget-s", type=float, help="stop starting new (shape, M) cells after this many seconds")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_gpu_lowbit: needs a CUDA GPU")
@@ -247,7 +256,9 @@ def main(argv=None):
     shapes, batches = SHAPES, BATCHES
     if args.quick:
         shapes, batches = {s: SHAPES[s] for s in ("8B o", "70B gate_up")}, (1, 16, 256)
-    header, rows = run(shapes, batches, ops)
+    header, rows = run(shapes, batches, ops, budget_s=args.budget_s)
+    if not rows:
+        sys.exit("bench_gpu_lowbit: no results (time budget too small?)")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -49,4 +49,5 @@ def split_k_for(tiles: int, k_blocks: int, sms: int, requested: int = 0, waves: 
 def check_block_k(block_k: int, bits: int):
     per_word = 32 // bits if 32 % bits == 0 else 1
     if block_k < 16 or block_k & (block_k - 1) or block_k % per_word:
-        raise ValueError(f"block_k={block_k} must be a power of two >= 16 (and a multiple of {per_word} at {bits} bits)")
+        raise ValueError(f"block_k={block_k} must be a power of two >= 16 "
+                         f"(and a multiple of {per_word} at {bits} bits)")
