@@ -316,3 +316,71 @@ def test_compress_24_int4_and_errors(tmp_path):
     ids = tokens()
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA C++ (model)
+def _mma_sp_kernel_model(x, values, meta, n_rows):
+    """What csrc/cuda/sparse24_mma_sp.cu computes, lane by lane: each warp's register loads (as the kernel
+    indexes them) assembled into mma.sp m16n8k32 operands by the PTX fragment layout, multiplied densely."""
+    m, k = x.shape
+    k2, words = k // 2, k // 32
+    out = torch.zeros(m, n_rows, dtype=torch.float64)
+    vals, meta_u = values.double(), meta.to(torch.int64) & 0xFFFFFFFF
+    for row0 in range(0, n_rows, 16):
+        for tok0 in range(0, m, 8):
+            d = torch.zeros(16, 8, dtype=torch.float64)
+            for w in range(words):
+                a = torch.zeros(16, 16, dtype=torch.float64)  # compressed A, from the lanes' a0..a3
+                e = {}  # (g, t) -> metadata register
+                bt = torch.zeros(8, 32, dtype=torch.float64)  # B^T (token, k), from the lanes' b0..b3
+                for lane in range(32):
+                    g, t = lane // 4, lane % 4
+                    r_lo, r_hi = row0 + g, row0 + g + 8
+                    c = w * 16 + 2 * t
+
+                    def pair(r, col):
+                        return vals[r, col:col + 2] if r < n_rows else torch.zeros(2, dtype=torch.float64)
+                    a[g, 2 * t:2 * t + 2], a[g + 8, 2 * t:2 * t + 2] = pair(r_lo, c), pair(r_hi, c)
+                    a[g, 2 * t + 8:2 * t + 10], a[g + 8, 2 * t + 8:2 * t + 10] = pair(r_lo, c + 8), pair(r_hi, c + 8)
+                    m_lo = int(meta_u[r_lo, w]) if r_lo < n_rows else 0
+                    m_hi = int(meta_u[r_hi, w]) if r_hi < n_rows else 0
+                    half = (t & 1) * 16
+                    e[g, t] = ((m_lo >> half) & 0xFFFF) | (((m_hi >> half) & 0xFFFF) << 16)
+                    tok = tok0 + g
+                    for i in range(4):
+                        if tok < m:
+                            bt[g, 8 * i + 2 * t:8 * i + 2 * t + 2] = x[tok, w * 32 + 8 * i + 2 * t:w * 32 + 8 * i + 2 * t + 2].double()
+                # Metadata (selector 0): row r < 8 from lanes (r, 0) [cols 0..7] and (r, 1) [cols 8..15], low
+                # halves; row r >= 8 from the high halves of lanes (r - 8, 0 / 1).
+                dense = torch.zeros(16, 32, dtype=torch.float64)
+                for r in range(16):
+                    for col in range(16):
+                        reg = e[r % 8, col // 8] >> (16 * (r // 8))
+                        idx = (reg >> (2 * (col % 8))) & 3
+                        dense[r, 4 * (col // 2) + idx] += a[r, col]
+                d += dense @ bt.t()
+            for r in range(16):
+                for j in range(8):
+                    if row0 + r < n_rows and tok0 + j < m:
+                        out[tok0 + j, row0 + r] = d[r, j]
+    return out
+
+
+def test_mma_sp_kernel_model_matches_reference():
+    n, k, m = 20, 64, 11  # a partial 16-row block and a partial 8-token tile
+    c = S.compress(pruned_24(n, k, torch.float16))
+    x = torch.randn(m, k).half()
+    ref = sparse24_linear_ref(x, c.values, c.meta, None)
+    assert_close_rel(_mma_sp_kernel_model(x, c.values, c.meta, n).to(torch.float16), ref, dtype=torch.float16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not torch._C._dispatch_has_kernel_for_dispatch_key(
+    "llmlite::sparse24_mma_sp_linear", "CUDA"), reason="needs a GPU and llmlite_kernels._C_cuda")
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_mma_sp_cuda(dtype):
+    for n, k, m in ((72, 96, 17), (4096, 4096, 256)):
+        c = S.compress(pruned_24(n, k, dtype).cuda())
+        x, b = torch.randn(m, k, dtype=dtype, device="cuda"), torch.randn(n, dtype=dtype, device="cuda")
+        out = torch.ops.llmlite.sparse24_mma_sp_linear(x, c.values, c.meta, b)
+        assert_close_rel(out, sparse24_linear_ref(x, c.values, c.meta, b))
+    torch.library.opcheck(torch.ops.llmlite.sparse24_mma_sp_linear, (x[:5], c.values, c.meta, b))

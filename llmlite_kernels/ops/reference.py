@@ -11,7 +11,8 @@ from ..formats.lowbit import canonical_group_size, check_packed, dequantize
 from ..formats.mma_repack import MmaRepackedWeight, check_repacked, unrepack_weight
 from ..formats.sparse24 import decompress as sparse24_decompress
 from ..formats.sparse24 import decompress_lowbit as sparse24_decompress_lowbit
-from .schemas import LIB, check_lowbit_linear, check_sparse24_linear, check_sparse24_lowbit_linear
+from .schemas import (LIB, check_lowbit_linear, check_sparse24_linear, check_sparse24_lowbit_linear,
+                      check_sparse24_mma_sp_linear)
 
 
 def lowbit_linear_ref(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
@@ -70,6 +71,15 @@ def sparse24_lowbit_linear_ref(x, weight_packed, weight_scale, weight_zero_point
 
 LIB.impl("sparse24_linear", sparse24_linear_ref, "CompositeExplicitAutograd")
 LIB.impl("sparse24_lowbit_linear", sparse24_lowbit_linear_ref, "CompositeExplicitAutograd")
+
+
+def sparse24_mma_sp_linear_ref(x, values, meta, bias):
+    """``sparse24_mma_sp_linear``: the same as ``sparse24_linear`` (restricted to 2-D fp16/bf16 x, K % 32 == 0)."""
+    check_sparse24_mma_sp_linear(x, values, meta, bias)
+    return sparse24_linear_ref(x, values, meta, bias)
+
+
+LIB.impl("sparse24_mma_sp_linear", sparse24_mma_sp_linear_ref, "CompositeExplicitAutograd")
 
 
 def masked_linear_ref(x, weight, mask_bits, bias):

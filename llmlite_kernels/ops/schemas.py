@@ -192,6 +192,23 @@ torch.library.register_autograd("llmlite::sparse24_linear", _sparse24_linear_bac
 torch.library.register_autograd("llmlite::sparse24_lowbit_linear", _sparse24_lowbit_linear_backward,
                                 setup_context=_sparse24_lowbit_linear_setup)
 
+# CUDA C++ sparse-tensor-core GEMM (csrc/cuda/sparse24_mma_sp.cu): sparse24_linear for x [M, K] fp16/bf16 with
+# K % 32 == 0; the same result. ops/cuda_sparse24.py calls it for large M.
+LIB.define("sparse24_mma_sp_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor")
+
+
+def check_sparse24_mma_sp_linear(x, values, meta, bias) -> int:
+    n = check_sparse24_linear(x, values, meta, bias)
+    if x.dim() != 2 or x.dtype not in (torch.float16, torch.bfloat16) or x.shape[1] % 32:
+        raise ValueError(f"sparse24_mma_sp_linear needs x [M, K] float16/bfloat16 with K % 32 == 0; got shape "
+                         f"{tuple(x.shape)}, dtype {x.dtype}")
+    return n
+
+
+@torch.library.register_fake("llmlite::sparse24_mma_sp_linear")
+def _sparse24_mma_sp_linear_fake(x, values, meta, bias):
+    return x.new_empty(x.shape[0], check_sparse24_mma_sp_linear(x, values, meta, bias))
+
 
 # Masked dense linear for training pruned layers (nn/sparse_linear.py): out = x @ (W * M).T + bias with the
 # mask M stored as bits (formats/bitmask.py). Gradients: to x, to W (zero wherever M is 0), to bias.
