@@ -34,44 +34,44 @@ at::Tensor lowbit_linear_repacked_cuda(const at::Tensor& x, const at::Tensor& we
                                        const std::optional<at::Tensor>& zero_repacked,
                                        const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size,
                                        int64_t out_features) {
-  TORCH_CHECK(x.is_cuda() && x.is_contiguous(), "x must be a contiguous CUDA tensor");
-  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, "x must be float16 or bfloat16");
-  TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
+  TORCH_CHECK_VALUE(x.is_cuda() && x.is_contiguous(), "x must be a contiguous CUDA tensor");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, "x must be float16 or bfloat16");
+  TORCH_CHECK_VALUE(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
   const int64_t K = x.size(-1);
   const int64_t N = out_features;
-  TORCH_CHECK(K > 0 && K % 128 == 0, "in_features must be a positive multiple of 128, got ", K);
+  TORCH_CHECK_VALUE(K > 0 && K % 128 == 0, "in_features must be a positive multiple of 128, got ", K);
   const int64_t n_pad = (N + 127) / 128 * 128;
-  TORCH_CHECK(weight_repacked.scalar_type() == at::kInt && weight_repacked.is_contiguous() &&
+  TORCH_CHECK_VALUE(weight_repacked.scalar_type() == at::kInt && weight_repacked.is_contiguous() &&
                   weight_repacked.numel() == n_pad * K * bits / 32,
               "weight_repacked must be contiguous int32 [N_pad/128, K/128, 512*bits]");
   const int64_t g = group_size == -1 ? K : group_size;
   const int64_t groups = (K + g - 1) / g;
-  TORCH_CHECK(scale_repacked.scalar_type() == x.scalar_type() && scale_repacked.is_contiguous() &&
+  TORCH_CHECK_VALUE(scale_repacked.scalar_type() == x.scalar_type() && scale_repacked.is_contiguous() &&
                   scale_repacked.size(0) == groups && scale_repacked.size(1) == n_pad,
               "scale_repacked must be contiguous [G, N_pad] in x's dtype");
   const void* zero_ptr = nullptr;
   if (zero_repacked.has_value()) {
     const at::Tensor& z = *zero_repacked;
-    TORCH_CHECK(z.scalar_type() == x.scalar_type() && z.is_contiguous() && z.sizes() == scale_repacked.sizes(),
+    TORCH_CHECK_VALUE(z.scalar_type() == x.scalar_type() && z.is_contiguous() && z.sizes() == scale_repacked.sizes(),
                 "zero_repacked must be contiguous [G, N_pad] in x's dtype");
     zero_ptr = z.data_ptr();
   }
   const void* bias_ptr = nullptr;
   if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->is_contiguous() && bias->numel() == N,
+    TORCH_CHECK_VALUE(bias->scalar_type() == x.scalar_type() && bias->is_contiguous() && bias->numel() == N,
                 "bias must be contiguous [out_features] in x's dtype");
     bias_ptr = bias->data_ptr();
   }
   for (const at::Tensor* t : {&weight_repacked, &scale_repacked}) {
-    TORCH_CHECK(t->device() == x.device(), "all tensors must be on ", x.device());
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0,
+    TORCH_CHECK_VALUE(t->device() == x.device(), "all tensors must be on ", x.device());
+    TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0,
                 "weight_repacked / scale_repacked must be 16-byte aligned (use the tensors repack_weight returns)");
   }
   if (zero_repacked.has_value()) {
-    TORCH_CHECK(zero_repacked->device() == x.device(), "all tensors must be on ", x.device());
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(zero_ptr) % 16 == 0, "zero_repacked must be 16-byte aligned");
+    TORCH_CHECK_VALUE(zero_repacked->device() == x.device(), "all tensors must be on ", x.device());
+    TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(zero_ptr) % 16 == 0, "zero_repacked must be 16-byte aligned");
   }
-  if (bias.has_value()) TORCH_CHECK(bias->device() == x.device(), "all tensors must be on ", x.device());
+  if (bias.has_value()) TORCH_CHECK_VALUE(bias->device() == x.device(), "all tensors must be on ", x.device());
 
   const c10::cuda::CUDAGuard guard(x.device());
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
