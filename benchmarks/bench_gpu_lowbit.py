@@ -137,9 +137,11 @@ def registry():
     ops = [CublasFp16(), TorchInt4Pack(),
            TritonLowbit(4, 128), TritonLowbit(4, 128, dispatched=True), TritonLowbit(4, 128, symmetric=True),
            TritonLowbit(8, 128), TritonLowbit(3, 128), TritonLowbit(2, 128), TritonLowbit(4, -1, symmetric=True)]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops_cuda_cpp.py")
-    if os.path.exists(path):
-        spec = importlib.util.spec_from_file_location("ops_cuda_cpp", path)
+    for entry in ("ops_cuda_cpp", "ops_sparse24"):  # registry entry files of other op families
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{entry}.py")
+        if not os.path.exists(path):
+            continue
+        spec = importlib.util.spec_from_file_location(entry, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         ops += [op for op in getattr(module, "OPS", []) if not op.name.lower().startswith("cublas")]

@@ -54,7 +54,7 @@ cp kernels/configs/*.json "$OUT/" 2>/dev/null
 
 log "4/4 benchmark"
 bench_s=$(cap 240 15)
-timeout "$bench_s" python benchmarks/bench_gpu_lowbit.py --ops "g128 asym" cuda_cpp --budget-s $(( bench_s > 60 ? bench_s - 40 : 20 )) \
+timeout "$bench_s" python benchmarks/bench_gpu_lowbit.py --ops "g128 asym" cuda_cpp "2:4" --budget-s $(( bench_s > 60 ? bench_s - 40 : 20 )) \
   --csv "$OUT/bench.csv" --json "$OUT/bench.json" --png "$OUT/bench.png" >"$OUT/bench.txt" 2>&1
 rc=$?; STATUS[bench]=$([[ $rc == 0 ]] && echo ok || echo "FAILED rc=$rc")
 tail -n 3 "$OUT/bench.txt"

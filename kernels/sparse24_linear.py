@@ -20,7 +20,7 @@ import triton.language as tl
 from .dequant_tile import dequant_tile
 from .launch_params import group_constexpr
 
-GEMV_CONFIG = {"block_m": 4, "block_n": 64, "block_k": 256, "num_warps": 4, "num_stages": 2}
+GEMV_CONFIG = {"block_m": 4, "block_n": 16, "block_k": 512, "num_warps": 4, "num_stages": 2}  # untuned (no GPU yet)
 GEMM_CONFIG = {"block_m": 64, "block_n": 64, "block_k": 64, "num_warps": 4, "num_stages": 3}
 GEMV_MAX_M = 16
 

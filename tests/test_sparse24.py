@@ -374,6 +374,7 @@ def test_mma_sp_kernel_model_matches_reference():
     assert_close_rel(_mma_sp_kernel_model(x, c.values, c.meta, n).to(torch.float16), ref, dtype=torch.float16)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or not torch._C._dispatch_has_kernel_for_dispatch_key(
     "llmlite::sparse24_mma_sp_linear", "CUDA"), reason="needs a GPU and llmlite_kernels._C_cuda")
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
@@ -384,3 +385,25 @@ def test_mma_sp_cuda(dtype):
         out = torch.ops.llmlite.sparse24_mma_sp_linear(x, c.values, c.meta, b)
         assert_close_rel(out, sparse24_linear_ref(x, c.values, c.meta, b))
     torch.library.opcheck(torch.ops.llmlite.sparse24_mma_sp_linear, (x[:5], c.values, c.meta, b))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("m", (1, 7, 64, 300))
+def test_dispatched_ops_cuda(dtype, m):
+    """The registered CUDA ops (Triton GEMV/GEMM, mma.sp for large M) at a Llama-like size, plus opcheck."""
+    assert L.backends()["triton_sparse24"]["active"], L.backends()["triton_sparse24"]
+    n, k = 1024, 4096
+    w = pruned_24(n, k).cuda()
+    c = S.compress(w.to(dtype))
+    x, b = torch.randn(m, k, dtype=dtype, device="cuda"), torch.randn(n, dtype=dtype, device="cuda")
+    assert_close_rel(torch.ops.llmlite.sparse24_linear(x, c.values, c.meta, b),
+                     sparse24_linear_ref(x, c.values, c.meta, b))
+    lw = S.compress_lowbit(w, bits=4, group_size=128)
+    p = lw.packed
+    args = (x, p.weight_packed, p.weight_scale, p.weight_zero_point, lw.meta, b, 4, 128)
+    assert_close_rel(torch.ops.llmlite.sparse24_lowbit_linear(*args), sparse24_lowbit_linear_ref(*args), dtype=dtype)
+    if m == 7:
+        torch.library.opcheck(torch.ops.llmlite.sparse24_linear, (x, c.values, c.meta, b))
+        torch.library.opcheck(torch.ops.llmlite.sparse24_lowbit_linear, args)
