@@ -19,6 +19,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -659,6 +660,12 @@ cudaError_t lowbit_a16_gemm_plan(ActDtype dtype, int bits, int M, int N, int K, 
   if (err != cudaSuccess) return err;
 
   // One wave of equal stripes: every resident block streams the same number of weight tiles.
+  // LLMLITE_CUDA_GEMM_BLOCKS_PER_SM (benchmarking only) overrides the occupancy-derived count.
+  static const int override_per_sm = [] {
+    const char* v = std::getenv("LLMLITE_CUDA_GEMM_BLOCKS_PER_SM");
+    return v != nullptr ? std::atoi(v) : 0;
+  }();
+  if (override_per_sm > 0) per_sm = override_per_sm;
   const long long total = static_cast<long long>(plan->n_tiles) * plan->k_tiles;
   long long blocks = static_cast<long long>(sms) * per_sm;
   if (blocks > total) blocks = total;
