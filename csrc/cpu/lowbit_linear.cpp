@@ -1,6 +1,6 @@
 // llmlite::lowbit_linear / lowbit_dequantize / cpu_isa on CPU: argument checks, activation permutation,
-// and the choice between the GEMV kernels (batch <= 8 rows: stream the packed weight once) and the
-// tiled GEMM (dequantize 64-row tiles of W to fp32 in each thread, multiply with at::mm).
+// and the choice between the GEMV kernels (small batches: stream the packed weight once per 8 rows) and
+// the tiled GEMM (dequantize tiles of W to fp32, multiply with at::mm).
 #include "cpu/lowbit_ops.h"
 
 #include <algorithm>
@@ -18,7 +18,9 @@
 namespace llmlite::cpu {
 namespace {
 
-constexpr int64_t kGemmTileRows = 64;
+constexpr int64_t kGemmTileBytes = 32 << 20;
+// Batches up to this many rows run the GEMV kernels (in passes of 8); larger ones the tiled GEMM.
+constexpr int64_t kGemvMaxBatch = 64;
 
 // Errors are raised as the Python checks raise them (llmlite_kernels/_checks.py): TypeError for a
 // wrong dtype, ValueError for a wrong value, shape, layout or device, with the same wording.
@@ -128,25 +130,31 @@ at::Tensor permute_activations(const at::Tensor& x2d, const LowbitWeight& w) {
   return xp;
 }
 
+// Batches of up to 8 rows per pass over W (each pass streams the packed weight once).
 void gemv(Isa isa, const LowbitWeight& w, const at::Tensor& xp, const float* bias, float* out) {
   const int64_t m_rows = xp.size(0);
-  const float* x = xp.data_ptr<float>();
-  // Batches above 8 rows never get here; a batch of 8 reads W once, the kernel keeps 8 rows of sums.
-  const GemvFn fn = gemv_kernel(isa, w.bits, static_cast<int>(m_rows));
-  at::parallel_for(0, w.N, 16, [&](int64_t n0, int64_t n1) { fn(w, x, bias, out, n0, n1); });
+  for (int64_t m0 = 0; m0 < m_rows; m0 += kMaxGemvRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kMaxGemvRows, m_rows - m0));
+    const GemvFn fn = gemv_kernel(isa, w.bits, rows);
+    const float* x = xp.data_ptr<float>() + m0 * w.Kpad;
+    float* o = out + m0 * w.N;
+    at::parallel_for(0, w.N, 16, [&](int64_t n0, int64_t n1) { fn(w, x, bias, o, n0, n1); });
+  }
 }
 
+// Tiles of W (up to kGemmTileBytes of fp32) dequantized by all threads, then one at::mm per tile
+// (MKL/oneDNN, all threads) writing straight into out's columns.
 void gemm(Isa isa, const LowbitWeight& w, const at::Tensor& xp, const float* bias, at::Tensor& out) {
   const DequantPermutedFn dequant = dequant_permuted_kernel(isa, w.bits);
-  const int64_t tiles = (w.N + kGemmTileRows - 1) / kGemmTileRows;
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor tile = at::empty({kGemmTileRows, w.Kpad}, xp.options());
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * kGemmTileRows, rows = std::min(kGemmTileRows, w.N - n0);
-      dequant(w, n0, n0 + rows, tile.data_ptr<float>());
-      out.narrow(1, n0, rows).copy_(at::mm(xp, tile.narrow(0, 0, rows).t()));
-    }
-  });
+  const int64_t tile_rows = std::min(w.N, std::max<int64_t>(64, kGemmTileBytes / (4 * w.Kpad) / 64 * 64));
+  at::Tensor tile = at::empty({tile_rows, w.Kpad}, xp.options());
+  float* buf = tile.data_ptr<float>();
+  for (int64_t t0 = 0; t0 < w.N; t0 += tile_rows) {
+    const int64_t rows = std::min(tile_rows, w.N - t0);
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { dequant(w, t0 + r0, t0 + r1, buf + r0 * w.Kpad); });
+    at::Tensor dst = out.narrow(1, t0, rows);
+    at::mm_out(dst, xp, tile.narrow(0, 0, rows).t());
+  }
   if (bias != nullptr) out.add_(at::from_blob(const_cast<float*>(bias), {w.N}, out.options()));
 }
 
@@ -178,7 +186,7 @@ at::Tensor lowbit_linear_cpu(const at::Tensor& x, const at::Tensor& weight_packe
   const at::Tensor xp = permute_activations(x.reshape({m_rows, k}), w);
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty({m_rows, w.N}, x.options().dtype(at::kFloat));
-  if (m_rows <= kMaxGemvRows) {
+  if (m_rows <= kGemvMaxBatch) {
     gemv(isa, w, xp, bias_ptr, out.data_ptr<float>());
   } else {
     gemm(isa, w, xp, bias_ptr, out);

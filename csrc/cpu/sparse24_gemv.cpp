@@ -146,6 +146,35 @@ void row_dot(const float* vals, const uint32_t* meta, int64_t words, const float
   }
 }
 
+// R rows at once (row i: vals + i*vals_stride, meta + i*meta_stride): each activation load serves R rows.
+// sums[i * kMaxGemvBatch + m] += dot(x[m, :], row i).
+template <int M, int R>
+void rows_dot(const float* vals, int64_t vals_stride, const uint32_t* meta, int64_t meta_stride, int64_t words,
+              const float* x, int64_t x_stride, float* sums) {
+  __m512 acc[R][M];
+  for (int i = 0; i < R; ++i)
+    for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
+  for (int64_t w = 0; w < words; ++w) {
+    __m512i idx[R];
+    __m512 v[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      idx[i] = word_columns(meta[i * meta_stride + w]);
+      v[i] = _mm512_loadu_ps(vals + i * vals_stride + w * kWordValues);
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      const float* xm = x + m * x_stride + w * kWordCols;
+      const __m512 x0 = _mm512_loadu_ps(xm), x1 = _mm512_loadu_ps(xm + 16);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i)
+        acc[i][m] = _mm512_fmadd_ps(v[i], _mm512_permutex2var_ps(x0, idx[i], x1), acc[i][m]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int m = 0; m < M; ++m) sums[i * kMaxGemvBatch + m] += _mm512_reduce_add_ps(acc[i][m]);
+}
+
 // In place: every full 32-value chunk of buf from the low-bit decoders' order (chunk_code_index) back to
 // natural order.
 void unpermute_chunks(int bits, float* buf, int64_t chunks) {
@@ -169,6 +198,20 @@ void unpermute_chunks_scalar(int bits, float* buf, int64_t chunks) {
     for (int q = 0; q < kChunk; ++q) tmp[chunk_code_index(bits, q)] = p[q];
     std::copy(tmp, tmp + kChunk, p);
   }
+}
+
+using RowsDotFn = void (*)(const float* vals, int64_t vals_stride, const uint32_t* meta, int64_t meta_stride,
+                           int64_t words, const float* x, int64_t x_stride, float* sums);
+constexpr int rows_per_pass(int m) { return m == 1 ? 4 : 2; }
+
+// The multi-row kernel (AVX-512 only; nullptr: the single-row kernel runs row by row).
+RowsDotFn rows_dot_kernel(Isa isa, int m) {
+  using namespace gemv_avx512;
+  static const RowsDotFn table[kMaxGemvBatch] = {
+      &rows_dot<1, rows_per_pass(1)>, &rows_dot<2, rows_per_pass(2)>, &rows_dot<3, rows_per_pass(3)>,
+      &rows_dot<4, rows_per_pass(4)>, &rows_dot<5, rows_per_pass(5)>, &rows_dot<6, rows_per_pass(6)>,
+      &rows_dot<7, rows_per_pass(7)>, &rows_dot<8, rows_per_pass(8)>};
+  return isa == Isa::Avx512 ? table[m - 1] : nullptr;
 }
 
 #define LLMLITE_ROW_DOTS(ns) \
@@ -244,9 +287,32 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& meta, const std::optional<
 
   if (m_rows <= kMaxGemvBatch) {
     const RowDotFn dot = row_dot_kernel(isa, static_cast<int>(m_rows));
+    const RowsDotFn rows_dot = rows_dot_kernel(isa, static_cast<int>(m_rows));
+    const int pass = rows_per_pass(static_cast<int>(m_rows));
+    const int64_t blen = std::max<int64_t>(buf_len, kWordValues);
     at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
-      std::vector<float> buf(std::max<int64_t>(buf_len, kWordValues), 0.f);
-      for (int64_t r = n0; r < n1; ++r) {
+      std::vector<float> buf(blen * (rows_dot != nullptr ? pass : 1), 0.f);
+      int64_t r = n0;
+      for (; rows_dot != nullptr && r + pass <= n1; r += pass) {
+        const uint32_t* mrow = meta_ptr + r * words;
+        float sums[kMaxGemvBatch * 4] = {};
+        if (direct_values != nullptr) {
+          const float* vrow = direct_values + r * k2;
+          rows_dot(vrow, k2, mrow, words, full_words, xs, x_stride, sums);
+          for (int i = 0; full_words < words && i < pass; ++i) {  // each row's partial last word
+            std::fill(buf.begin(), buf.begin() + kWordValues, 0.f);
+            std::copy(vrow + i * k2 + full_words * kWordValues, vrow + (i + 1) * k2, buf.begin());
+            dot(buf.data(), mrow + i * words + full_words, 1, xs + full_words * kWordCols, x_stride,
+                sums + i * kMaxGemvBatch);
+          }
+        } else {
+          for (int i = 0; i < pass; ++i) row_values(r + i, buf.data() + i * blen);
+          rows_dot(buf.data(), blen, mrow, words, words, xs, x_stride, sums);
+        }
+        for (int i = 0; i < pass; ++i)
+          for (int64_t m = 0; m < m_rows; ++m) out_ptr[m * n + r + i] = sums[i * kMaxGemvBatch + m];
+      }
+      for (; r < n1; ++r) {
         const uint32_t* mrow = meta_ptr + r * words;
         float sums[kMaxGemvBatch] = {};
         if (direct_values != nullptr) {  // fp32 values: read in place, the partial last word via buf
