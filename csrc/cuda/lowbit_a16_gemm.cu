@@ -2,8 +2,8 @@
 //
 // Design (for M = 1..64, memory bound on the weight stream):
 // * A thread block owns a 128-column tile of W (8 warps x 16 columns) and walks K in 128-wide stages.
-//   The weight arrives pre-shuffled (formats/mma_repack.py) so that one 16-byte shared load per lane
-//   and per 2 bits gives that lane exactly its B fragments for 8 MMA k-steps: no shuffles, no ldmatrix.
+//   The weight arrives pre-shuffled (formats/mma_repack.py) so that bits/2 16-byte shared loads per
+//   lane give that lane exactly its B fragments for the 8 MMA k-steps: no shuffles, no ldmatrix.
 //   128-wide stages amortise the per-stage work (barrier, copy issue, bookkeeping) over 8 KiB of W4.
 // * x (<= 64 rows) is staged per k-tile in swizzled shared memory and read with ldmatrix.x4.
 // * cp.async multi-stage pipeline; each stage = codes + activations + the tile's scales / zero points.
