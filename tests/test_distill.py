@@ -226,3 +226,23 @@ def test_add_lora_bad_arguments():
     with pytest.raises(ValueError, match="tokens"):
         seed_kd_per_token(torch.zeros(2, 3), torch.zeros(2, 4))
     assert isinstance(add_lora_(student, rank=2).model.layers[0].mlp.up_proj, LoRALinear)
+
+
+def test_trainable_group_scales_get_gradient_and_merge_into_stored_scales():
+    teacher, student = quantized_tiny()
+    add_lora_(student, rank=2, train_scales=True)
+    ids = torch.randint(0, 128, (2, 12))
+    with torch.no_grad():
+        reference = L.quantize_(copy.deepcopy(teacher), L.QuantConfig(bits=3, group_size=32), progress=False)(ids).logits
+        torch.testing.assert_close(student(ids).logits, reference, rtol=1e-4, atol=1e-5)  # factors start at 1
+    distill(student, teacher, ids, loss="kl", steps=2, batch_size=2, seq_len=12, lr=1e-2, progress=False)
+    layer = lora_layers(student)["model.layers.1.mlp.down_proj"]
+    assert layer.scale_factor.requires_grad and not torch.all(layer.scale_factor == 1)
+    with torch.no_grad():
+        for m in lora_layers(student).values():
+            m.lora_B.zero_()  # isolate the scale path: merging it must not re-round anything
+        expected = student(ids).logits
+        merge_lora_and_requantize_(student)
+        assert not lora_layers(student)
+        out = student(ids).logits
+    assert (out - expected).norm() / expected.norm() < 2e-3  # fp16 rounding of the folded scales

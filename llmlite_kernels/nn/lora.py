@@ -3,6 +3,11 @@
 The base layer (a :class:`QuantLinear` with its packed weight, or an ``nn.Linear``) stays frozen; its op's
 autograd carries the gradient through the low-bit weight to the input, so adapters of earlier layers learn.
 ``B`` starts at zero, so a freshly added adapter does not change the model.
+
+``train_scales=True`` (QuantLinear bases) also learns a multiplicative factor per group scale, codes fixed:
+``W = (q - z) * (s * factor)``. The gradient with respect to the factor is exact (no rounding in the path,
+so no straight-through estimator is needed); that path computes ``x @ W.T`` on the dequantized weight, and
+:func:`merge_lora_and_requantize_` folds the factors into the stored scales without any re-rounding.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ class LoRALinear(nn.Module):
     """``base(x) + (x @ lora_A.T @ lora_B.T) * (alpha / rank)``; only ``lora_A`` [rank, in] and
     ``lora_B`` [out, rank] are trainable."""
 
-    def __init__(self, base: nn.Module, rank: int = 8, alpha: float = 16.0):
+    def __init__(self, base: nn.Module, rank: int = 8, alpha: float = 16.0, train_scales: bool = False):
         super().__init__()
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
             raise ValueError(f"rank must be a positive int, got {rank!r}")
@@ -36,6 +41,17 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=dtype, device=device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=dtype, device=device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        if train_scales and not isinstance(base, QuantLinear):
+            raise ValueError(f"train_scales=True needs a QuantLinear base, got {type(base).__name__}")
+        self.scale_factor = (nn.Parameter(torch.ones_like(base.weight_scale, dtype=torch.float32))
+                             if train_scales else None)
+
+    def scaled_base_weight(self) -> torch.Tensor:
+        """The base's dequantized weight with the trained group-scale factors applied (float32)."""
+        base = self.base
+        g = base.in_features if base.group_size == -1 else base.group_size
+        factor = self.scale_factor.repeat_interleave(g, dim=1)[:, :base.in_features]
+        return base.dequantize(torch.float32) * factor
 
     def delta_weight(self) -> torch.Tensor:
         """``scale * B @ A``: what the adapter adds to the ``[out, in]`` weight."""
@@ -43,10 +59,15 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         update = (x.to(self.lora_A.dtype) @ self.lora_A.t()) @ self.lora_B.t()
-        return self.base(x) + (update * self.scale).to(x.dtype)
+        if self.scale_factor is None:
+            base = self.base(x)
+        else:
+            bias = None if self.base.bias is None else self.base.bias.float()
+            base = torch.nn.functional.linear(x.float(), self.scaled_base_weight(), bias).to(x.dtype)
+        return base + (update * self.scale).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha}"
+        return f"rank={self.rank}, alpha={self.alpha}, train_scales={self.scale_factor is not None}"
 
 
 def _adaptable(module: nn.Module) -> bool:
@@ -54,11 +75,13 @@ def _adaptable(module: nn.Module) -> bool:
 
 
 def add_lora_(model: nn.Module, rank: int = 8, alpha: float = 16.0, include: Sequence[str] = (),
-              exclude: Sequence[str] = ("lm_head",), quantized_only: bool = True) -> nn.Module:
+              exclude: Sequence[str] = ("lm_head",), quantized_only: bool = True, train_scales: bool = False
+              ) -> nn.Module:
     """Wrap, in place, the selected layers of ``model`` in :class:`LoRALinear`; freezes every other parameter.
 
     Selected: QuantLinear layers (every Linear too when ``quantized_only=False``) whose name matches some
-    ``include`` regex (all if empty) and no ``exclude`` regex. Returns ``model``.
+    ``include`` regex (all if empty) and no ``exclude`` regex. ``train_scales``: also learn the group scales
+    of QuantLinear layers (see the module docstring). Returns ``model``.
     """
     from ..models import selected, set_submodule
 
@@ -72,7 +95,8 @@ def add_lora_(model: nn.Module, rank: int = 8, alpha: float = 16.0, include: Seq
     for p in model.parameters():
         p.requires_grad_(False)
     for name, module in targets:
-        set_submodule(model, name, LoRALinear(module, rank=rank, alpha=alpha))
+        set_submodule(model, name, LoRALinear(module, rank=rank, alpha=alpha,
+                                              train_scales=train_scales and isinstance(module, QuantLinear)))
     return model
 
 
@@ -85,8 +109,9 @@ def lora_layers(model: nn.Module) -> dict:
 def merge_lora_and_requantize_(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base and drop the wrapper, in place; returns ``model``.
 
-    QuantLinear bases: ``dequantize(W) + scale * B A`` is re-quantized round-to-nearest with the layer's
-    bits / group size / symmetry (changes smaller than half a quantization step round away).
+    QuantLinear bases: trained scale factors are folded into the stored scales (exact); then, unless ``B A``
+    is zero, ``W + scale * B A`` is re-quantized round-to-nearest with the layer's bits / group size /
+    symmetry (changes smaller than half a quantization step round away).
     ``nn.Linear`` bases: the weight is updated exactly.
     """
     from ..formats import quantize
@@ -95,11 +120,15 @@ def merge_lora_and_requantize_(model: nn.Module) -> nn.Module:
     for name, layer in lora_layers(model).items():
         base = layer.base
         if isinstance(base, QuantLinear):
-            merged = base.dequantize(torch.float32) + layer.delta_weight().float()
-            packed = quantize(merged, bits=base.bits, group_size=base.group_size, symmetric=base.symmetric,
-                              scale_dtype=base.weight_scale.dtype, name=name)
-            new = QuantLinear.from_packed(packed, base.bias, dtype=base.bias.dtype if base.bias is not None
-                                          else torch.float32)
+            if layer.scale_factor is not None:
+                base.weight_scale.copy_((base.weight_scale.float() * layer.scale_factor).to(base.weight_scale.dtype))
+            new = base
+            if bool(layer.lora_B.any()):
+                merged = base.dequantize(torch.float32) + layer.delta_weight().float()
+                packed = quantize(merged, bits=base.bits, group_size=base.group_size, symmetric=base.symmetric,
+                                  scale_dtype=base.weight_scale.dtype, name=name)
+                new = QuantLinear.from_packed(packed, base.bias, dtype=base.bias.dtype if base.bias is not None
+                                              else torch.float32)
         elif isinstance(base, nn.Linear):
             base.weight += layer.delta_weight().to(base.weight.dtype)
             new = base
