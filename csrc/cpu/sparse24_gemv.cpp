@@ -175,6 +175,60 @@ void rows_dot(const float* vals, int64_t vals_stride, const uint32_t* meta, int6
     for (int m = 0; m < M; ++m) sums[i * kMaxGemvBatch + m] += _mm512_reduce_add_ps(acc[i][m]);
 }
 
+// 4-bit kept values, fused: row n's dot products straight from its codes (no buffer). Per chunk of 32 kept
+// values (16 quads, 64 columns, meta words 2c and 2c+1): the low nibbles of its 16 bytes are the quads'
+// first values, the high nibbles their second values, dequantized by a 16-entry table per group (vpermps);
+// quad q's columns 4*(q%8) + idx within its 32-column half are picked from x by vpermt2ps on both halves
+// and a blend. The kept values past the last full chunk (K2 % 32) are done one by one.
+template <int M>
+void lowbit4_row_dot(const LowbitWeight& w, int64_t n, const uint32_t* meta, const float* x, int64_t x_stride,
+                     float* sums) {
+  const uint8_t* codes = w.row(n);
+  const int64_t chunks = w.K / kChunk;
+  const __m512i sh = _mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0);
+  const __m512i three = _mm512_set1_epi32(3);
+  const __m512 nibble = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __m512 acc[M];
+  for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+  int64_t group = -1;
+  __m512 lut = _mm512_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t gi = c * kChunk / w.group;
+    if (gi != group) {  // (j - z) * s for j = 0..15
+      group = gi;
+      const float s = w.scale_at(n, gi);
+      lut = _mm512_fmadd_ps(nibble, _mm512_set1_ps(s), _mm512_set1_ps(-static_cast<float>(w.zero_at(n, gi)) * s));
+    }
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * c)));
+    const __m512 w0 = _mm512_permutexvar_ps(v, lut);  // vpermps reads the low 4 bits: the low nibble
+    const __m512 w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
+    const __m512i mv = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(meta[2 * c])), 0xFF00,
+                                              static_cast<int>(meta[2 * c + 1]));
+    const __m512i i0 = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(mv, sh), three, sh, 0xEA);  // (. & 3) | 4(q%8)
+    const __m512i i1 =
+        _mm512_ternarylogic_epi32(_mm512_srlv_epi32(mv, _mm512_add_epi32(sh, _mm512_set1_epi32(2))), three, sh, 0xEA);
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      const float* xm = x + m * x_stride + c * 2 * kChunk;
+      const __m512 x0 = _mm512_loadu_ps(xm), x1 = _mm512_loadu_ps(xm + 16);
+      const __m512 x2 = _mm512_loadu_ps(xm + 32), x3 = _mm512_loadu_ps(xm + 48);
+      const __m512 a0 = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(x0, i0, x1),
+                                             _mm512_permutex2var_ps(x2, i0, x3));
+      const __m512 a1 = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(x0, i1, x1),
+                                             _mm512_permutex2var_ps(x2, i1, x3));
+      acc[m] = _mm512_fmadd_ps(w1, a1, _mm512_fmadd_ps(w0, a0, acc[m]));
+    }
+  }
+  float tail[kMaxGemvBatch] = {};
+  for (int64_t j = chunks * kChunk; j < w.K; ++j) {
+    const int64_t gi = j / w.group;
+    const float v = static_cast<float>(static_cast<int>(code_at(codes, j, 4)) - w.zero_at(n, gi)) * w.scale_at(n, gi);
+    const int64_t col = 4 * (j >> 1) + ((meta[j / kWordValues] >> (2 * (j % kWordValues))) & 3u);
+    for (int m = 0; m < M; ++m) tail[m] += v * x[m * x_stride + col];
+  }
+  for (int m = 0; m < M; ++m) sums[m] += _mm512_reduce_add_ps(acc[m]) + tail[m];
+}
+
 // In place: every full 32-value chunk of buf from the low-bit decoders' order (chunk_code_index) back to
 // natural order.
 void unpermute_chunks(int bits, float* buf, int64_t chunks) {
@@ -212,6 +266,16 @@ RowsDotFn rows_dot_kernel(Isa isa, int m) {
       &rows_dot<4, rows_per_pass(4)>, &rows_dot<5, rows_per_pass(5)>, &rows_dot<6, rows_per_pass(6)>,
       &rows_dot<7, rows_per_pass(7)>, &rows_dot<8, rows_per_pass(8)>};
   return isa == Isa::Avx512 ? table[m - 1] : nullptr;
+}
+
+using Lowbit4RowDotFn = void (*)(const LowbitWeight& w, int64_t n, const uint32_t* meta, const float* x,
+                                 int64_t x_stride, float* sums);
+Lowbit4RowDotFn lowbit4_row_dot_kernel(int m) {
+  using namespace gemv_avx512;
+  static const Lowbit4RowDotFn table[kMaxGemvBatch] = {&lowbit4_row_dot<1>, &lowbit4_row_dot<2>, &lowbit4_row_dot<3>,
+                                                       &lowbit4_row_dot<4>, &lowbit4_row_dot<5>, &lowbit4_row_dot<6>,
+                                                       &lowbit4_row_dot<7>, &lowbit4_row_dot<8>};
+  return table[m - 1];
 }
 
 #define LLMLITE_ROW_DOTS(ns) \
@@ -268,10 +332,14 @@ at::Tensor padded_activations(const at::Tensor& x, int64_t m_rows, int64_t k) {
 
 // Writes row n's kept values, fp32, natural order, into buf (>= 16*words floats, zero beyond K2).
 using RowValuesFn = std::function<void(int64_t n, float* buf)>;
+// Or, for the GEMV: row n's dot products computed directly (sums[m] += ...).
+using FusedRowFn = std::function<void(int64_t n, const uint32_t* meta, const float* x, int64_t x_stride,
+                                      float* sums)>;
 
 // The shared driver: GEMV (batch <= 8) or tiled decompress + at::mm; out fp32 [M, N] (+ bias).
 at::Tensor run(const at::Tensor& x, const at::Tensor& meta, const std::optional<at::Tensor>& bias, int64_t n,
-               int64_t k, int64_t buf_len, const RowValuesFn& row_values, const float* direct_values) {
+               int64_t k, int64_t buf_len, const RowValuesFn& row_values, const float* direct_values,
+               const FusedRowFn& fused_row = nullptr) {
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = n;
   const int64_t m_rows = k == 0 ? 0 : x.numel() / k;
@@ -287,7 +355,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& meta, const std::optional<
 
   if (m_rows <= kMaxGemvBatch) {
     const RowDotFn dot = row_dot_kernel(isa, static_cast<int>(m_rows));
-    const RowsDotFn rows_dot = rows_dot_kernel(isa, static_cast<int>(m_rows));
+    const RowsDotFn rows_dot = fused_row ? nullptr : rows_dot_kernel(isa, static_cast<int>(m_rows));
     const int pass = rows_per_pass(static_cast<int>(m_rows));
     const int64_t blen = std::max<int64_t>(buf_len, kWordValues);
     at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
@@ -315,7 +383,9 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& meta, const std::optional<
       for (; r < n1; ++r) {
         const uint32_t* mrow = meta_ptr + r * words;
         float sums[kMaxGemvBatch] = {};
-        if (direct_values != nullptr) {  // fp32 values: read in place, the partial last word via buf
+        if (fused_row) {
+          fused_row(r, mrow, xs, x_stride, sums);
+        } else if (direct_values != nullptr) {  // fp32 values: read in place, the partial last word via buf
           const float* vrow = direct_values + r * k2;
           dot(vrow, mrow, full_words, xs, x_stride, sums);
           if (full_words < words) {
@@ -451,7 +521,15 @@ at::Tensor sparse24_lowbit_linear_cpu(const at::Tensor& x, const at::Tensor& wei
     if (isa == Isa::Avx512) gemv_avx512::unpermute_chunks(w.bits, buf, full_chunks);
     else unpermute_chunks_scalar(w.bits, buf, full_chunks);
   };
-  return run(x, meta, bias, n, k, w.Kpad, row_values, nullptr);
+  FusedRowFn fused;
+  const int64_t m_rows = k == 0 ? 0 : x.numel() / k;
+  if (isa == Isa::Avx512 && bits == 4 && m_rows >= 1 && m_rows <= kMaxGemvBatch) {
+    const Lowbit4RowDotFn fn = lowbit4_row_dot_kernel(static_cast<int>(m_rows));
+    fused = [&w, fn](int64_t r, const uint32_t* mrow, const float* xs, int64_t x_stride, float* sums) {
+      fn(w, r, mrow, xs, x_stride, sums);
+    };
+  }
+  return run(x, meta, bias, n, k, w.Kpad, row_values, nullptr, fused);
 }
 
 }  // namespace llmlite::cpu
