@@ -20,7 +20,7 @@ namespace {
 
 constexpr int64_t kGemmTileBytes = 32 << 20;
 // Batches up to this many rows run the GEMV kernels (in passes of 8); larger ones the tiled GEMM.
-constexpr int64_t kGemvMaxBatch = 64;
+constexpr int64_t kGemvMaxBatch = 48;
 
 // Errors are raised as the Python checks raise them (llmlite_kernels/_checks.py): TypeError for a
 // wrong dtype, ValueError for a wrong value, shape, layout or device, with the same wording.
