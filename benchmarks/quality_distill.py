@@ -26,7 +26,7 @@ from llmlite_kernels.report import format_table
 FP32_PPL = 28.62  # the protocol's fp32 SmolLM2-135M figure (README)
 
 
-def compress(model, tokenizer, case: str):
+def compress(model, tokenizer, case: str, calib_windows: int = 64):
     if case == "w3_rtn":
         L.quantize_(model, L.QuantConfig(bits=3, group_size=128), progress=False)
     else:
@@ -34,7 +34,8 @@ def compress(model, tokenizer, case: str):
         from llmlite_kernels.prune import prune_
 
         method = {"wanda24": "wanda", "sparsegpt24": "sparsegpt"}[case]
-        prune_(model, PruneConfig(method=method, pattern="2:4"), tokenizer=tokenizer, progress=False)
+        prune_(model, PruneConfig(method=method, pattern="2:4", calib_windows=calib_windows), tokenizer=tokenizer,
+               progress=False)
     return model
 
 
@@ -60,6 +61,7 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (w3_rtn)")
     p.add_argument("--windows", type=int, default=40, help="512-token test windows for perplexity")
+    p.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows for pruning")
     p.add_argument("--merge", action="store_true", help="w3_rtn: also report ppl after merge + re-quantize")
     p.add_argument("--out", help="append the result as one JSON line to this file")
     args = p.parse_args(argv)
@@ -68,7 +70,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     teacher, tokenizer = L.load_model()
-    student = compress(copy.deepcopy(teacher), tokenizer, args.case)
+    student = compress(copy.deepcopy(teacher), tokenizer, args.case, args.calib_windows)
     before = None
     if not args.skip_before:
         before = wikitext_perplexity(student, tokenizer, n_windows=args.windows, progress=False).ppl

@@ -246,3 +246,10 @@ def test_trainable_group_scales_get_gradient_and_merge_into_stored_scales():
         assert not lora_layers(student)
         out = student(ids).logits
     assert (out - expected).norm() / expected.norm() < 2e-3  # fp16 rounding of the folded scales
+
+
+def test_teacher_on_another_device_is_refused():
+    teacher, student = quantized_tiny()
+    add_lora_(student, rank=2)
+    with pytest.raises(ValueError, match="same device"):
+        distill(student, teacher.to("meta"), torch.randint(0, 128, (2, 8)), steps=1, batch_size=2, progress=False)

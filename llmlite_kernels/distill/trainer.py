@@ -76,6 +76,9 @@ def select_trainable_(student: nn.Module, train: str = "auto", train_norms: bool
 
 def _final_hidden(model: nn.Module, ids: torch.Tensor, want_states: bool):
     out = model.base_model(input_ids=ids, output_hidden_states=want_states, use_cache=False)
+    if getattr(out, "last_hidden_state", None) is None:
+        raise TypeError(f"{type(model).__name__}.base_model does not return last_hidden_state: distill needs a "
+                        "transformers causal LM (base model + get_output_embeddings())")
     states = list(out.hidden_states[1:-1]) if want_states else []
     return out.last_hidden_state, states
 
@@ -163,7 +166,8 @@ def distill(student: nn.Module, teacher: nn.Module, texts=None, loss: str = "see
     """Train ``student`` to match ``teacher`` on ``texts``; returns ``(student, log)``.
 
     texts: strings (tokenized with ``tokenizer``, cut into ``seq_len`` windows), a LongTensor of windows
-    ``[W, seq_len]``, or None for the WikiText-2 validation split. Batches of ``batch_size`` windows are drawn
+    ``[W, L]`` (used as they are: ``seq_len`` is then ignored), or None for the WikiText-2 validation split.
+    The student and the teacher must be on the same device. Batches of ``batch_size`` windows are drawn
     from a seeded shuffle (epoch after epoch), so a resumed run sees the same batches.
     loss: "seed" (alpha * logit MSE + beta * probability MSE, see ``losses``), "kl" (forward, temperature T),
     "reverse_kl", or "jsd" (beta = mixture weight). hidden_weight > 0 adds that times the per-layer
@@ -190,6 +194,10 @@ def distill(student: nn.Module, teacher: nn.Module, texts=None, loss: str = "see
     windows = calibration_windows(texts, tokenizer, n_windows=None, seq_len=seq_len)
     if windows.shape[1] < 2:
         raise ValueError(f"windows must have at least 2 tokens, got seq_len={windows.shape[1]}")
+    device = next(student.parameters()).device
+    if next(teacher.parameters()).device != device:
+        raise ValueError(f"teacher is on {next(teacher.parameters()).device} but the student on {device}: "
+                         "move them to the same device")
     what = select_trainable_(student, train, train_norms)
     named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
@@ -201,7 +209,6 @@ def distill(student: nn.Module, teacher: nn.Module, texts=None, loss: str = "see
     teacher.eval()
     teacher.requires_grad_(False)
     student.eval()
-    device = next(student.parameters()).device
     order = torch.Generator().manual_seed(seed)
     perms = []
 
@@ -252,7 +259,7 @@ def distill(student: nn.Module, teacher: nn.Module, texts=None, loss: str = "see
         loss_value = value.item()
         running = loss_value if running is None else 0.9 * running + 0.1 * loss_value
         log.append({"step": step + 1, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
-                    "tokens": (step + 1) * batch_size * seq_len, "seconds": time.perf_counter() - started})
+                    "tokens": (step + 1) * batch_size * windows.shape[1], "seconds": time.perf_counter() - started})
         bar.set_postfix(loss=f"{running:.4g}")
         if (step + 1) % checkpoint_every == 0:
             checkpoint(step + 1, time.perf_counter() - started)

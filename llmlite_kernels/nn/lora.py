@@ -2,7 +2,8 @@
 
 The base layer (a :class:`QuantLinear` with its packed weight, or an ``nn.Linear``) stays frozen; its op's
 autograd carries the gradient through the low-bit weight to the input, so adapters of earlier layers learn.
-``B`` starts at zero, so a freshly added adapter does not change the model.
+``B`` starts at zero, so a freshly added adapter does not change the model. Adapters are a training-time
+wrapper: merge them (:func:`merge_lora_and_requantize_`) before ``llmlite_kernels.save``.
 
 ``train_scales=True`` (QuantLinear bases) also learns a multiplicative factor per group scale, codes fixed:
 ``W = (q - z) * (s * factor)``. The gradient with respect to the factor is exact (no rounding in the path,
