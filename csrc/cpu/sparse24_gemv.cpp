@@ -103,7 +103,7 @@ void row_dot(const float* vals, const uint32_t* meta, int64_t words, const float
 
 // ---------------------------------------------------------------- AVX-512: 16 values per step
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 namespace gemv_avx512 {
 // Columns (0..31) of the 16 values of a meta word.
 static inline __m512i word_columns(uint32_t bits) {
@@ -188,35 +188,34 @@ void lowbit4_row_dot(const LowbitWeight& w, int64_t n, const uint32_t* meta, con
   const __m512i sh = _mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0);
   const __m512i three = _mm512_set1_epi32(3);
   const __m512 nibble = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  __m512 acc[M];
-  for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
-  int64_t group = -1;
-  __m512 lut = _mm512_setzero_ps();
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t gi = c * kChunk / w.group;
-    if (gi != group) {  // (j - z) * s for j = 0..15
-      group = gi;
-      const float s = w.scale_at(n, gi);
-      lut = _mm512_fmadd_ps(nibble, _mm512_set1_ps(s), _mm512_set1_ps(-static_cast<float>(w.zero_at(n, gi)) * s));
-    }
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * c)));
-    const __m512 w0 = _mm512_permutexvar_ps(v, lut);  // vpermps reads the low 4 bits: the low nibble
-    const __m512 w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
-    const __m512i mv = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(meta[2 * c])), 0xFF00,
-                                              static_cast<int>(meta[2 * c + 1]));
-    const __m512i i0 = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(mv, sh), three, sh, 0xEA);  // (. & 3) | 4(q%8)
-    const __m512i i1 =
-        _mm512_ternarylogic_epi32(_mm512_srlv_epi32(mv, _mm512_add_epi32(sh, _mm512_set1_epi32(2))), three, sh, 0xEA);
+  __m512 acc[2][M];  // the quads' first and second values: two independent FMA chains
+  for (int m = 0; m < M; ++m) acc[0][m] = acc[1][m] = _mm512_setzero_ps();
+  const int64_t chunks_per_group = std::max<int64_t>(1, w.group / kChunk);  // groups hold whole chunks
+  for (int64_t c = 0, gi = 0; c < chunks; ++gi) {
+    const float s = w.scale_at(n, gi);  // table (j - z) * s for j = 0..15
+    const __m512 lut = _mm512_fmadd_ps(nibble, _mm512_set1_ps(s),
+                                       _mm512_set1_ps(-static_cast<float>(w.zero_at(n, gi)) * s));
+    for (const int64_t c_end = std::min(chunks, c + chunks_per_group); c < c_end; ++c) {
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * c)));
+      const __m512 w0 = _mm512_permutexvar_ps(v, lut);  // vpermps reads the low 4 bits: the low nibble
+      const __m512 w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
+      const __m512i mv = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(meta[2 * c])), 0xFF00,
+                                                static_cast<int>(meta[2 * c + 1]));
+      const __m512i i0 = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(mv, sh), three, sh, 0xEA);  // (. & 3) | 4(q%8)
+      const __m512i i1 =
+          _mm512_ternarylogic_epi32(_mm512_srlv_epi32(mv, _mm512_add_epi32(sh, _mm512_set1_epi32(2))), three, sh, 0xEA);
 #pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) {
-      const float* xm = x + m * x_stride + c * 2 * kChunk;
-      const __m512 x0 = _mm512_loadu_ps(xm), x1 = _mm512_loadu_ps(xm + 16);
-      const __m512 x2 = _mm512_loadu_ps(xm + 32), x3 = _mm512_loadu_ps(xm + 48);
-      const __m512 a0 = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(x0, i0, x1),
-                                             _mm512_permutex2var_ps(x2, i0, x3));
-      const __m512 a1 = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(x0, i1, x1),
-                                             _mm512_permutex2var_ps(x2, i1, x3));
-      acc[m] = _mm512_fmadd_ps(w1, a1, _mm512_fmadd_ps(w0, a0, acc[m]));
+      for (int m = 0; m < M; ++m) {
+        const float* xm = x + m * x_stride + c * 2 * kChunk;
+        const __m512 x0 = _mm512_loadu_ps(xm), x1 = _mm512_loadu_ps(xm + 16);
+        const __m512 x2 = _mm512_loadu_ps(xm + 32), x3 = _mm512_loadu_ps(xm + 48);
+        const __m512 a0 = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(x0, i0, x1),
+                                               _mm512_permutex2var_ps(x2, i0, x3));
+        const __m512 a1 = _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(x0, i1, x1),
+                                               _mm512_permutex2var_ps(x2, i1, x3));
+        acc[0][m] = _mm512_fmadd_ps(w0, a0, acc[0][m]);
+        acc[1][m] = _mm512_fmadd_ps(w1, a1, acc[1][m]);
+      }
     }
   }
   float tail[kMaxGemvBatch] = {};
@@ -226,7 +225,7 @@ void lowbit4_row_dot(const LowbitWeight& w, int64_t n, const uint32_t* meta, con
     const int64_t col = 4 * (j >> 1) + ((meta[j / kWordValues] >> (2 * (j % kWordValues))) & 3u);
     for (int m = 0; m < M; ++m) tail[m] += v * x[m * x_stride + col];
   }
-  for (int m = 0; m < M; ++m) sums[m] += _mm512_reduce_add_ps(acc[m]) + tail[m];
+  for (int m = 0; m < M; ++m) sums[m] += _mm512_reduce_add_ps(_mm512_add_ps(acc[0][m], acc[1][m])) + tail[m];
 }
 
 // In place: every full 32-value chunk of buf from the low-bit decoders' order (chunk_code_index) back to
