@@ -407,3 +407,13 @@ def test_dispatched_ops_cuda(dtype, m):
     if m == 7:
         torch.library.opcheck(torch.ops.llmlite.sparse24_linear, (x, c.values, c.meta, b))
         torch.library.opcheck(torch.ops.llmlite.sparse24_lowbit_linear, args)
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    layer = Sparse24Linear.from_linear(_linear(pruned_24(N, 64)), bits=4, group_size=32)
+    dense = Sparse24Linear.from_linear(_linear(pruned_24(N, 64)))
+    f = torch.compile(lambda x: dense(layer(x)[..., :32].repeat(1, 2)), fullgraph=True)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert_close_rel(f(x), dense(layer(x)[..., :32].repeat(1, 2)), tol=1e-6)
