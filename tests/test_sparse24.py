@@ -417,3 +417,18 @@ def test_torch_compile_fullgraph():
     x = torch.randn(3, 64)
     with torch.no_grad():
         assert_close_rel(f(x), dense(layer(x)[..., :32].repeat(1, 2)), tol=1e-6)
+
+
+@pytest.mark.parametrize("m", (1, 20))
+def test_triton_default_configs(nan_buffers, m):
+    """The launchers' default block sizes (GEMV: 256 kept values per tile = whole groups of 32; GEMM)."""
+    kernels = _triton()
+    k = 198
+    weights, b = _operands(True, k, torch.float16, bits=4, group_size=32)
+    weights = [None if t is None else t.to(DEVICE) for t in weights]
+    x = torch.randn(m, k).half().to(DEVICE)
+    out = kernels.w24_lowbit_linear(x, *weights, b.to(DEVICE), 4, 32)
+    assert_close_rel(out, sparse24_lowbit_linear_ref(x, *weights, b.to(DEVICE), 4, 32), dtype=torch.float16)
+    dense, b = _operands(False, k, torch.float16)
+    out = kernels.w24_linear(x, *[t.to(DEVICE) for t in dense], b.to(DEVICE))
+    assert_close_rel(out, sparse24_linear_ref(x, *[t.to(DEVICE) for t in dense], b.to(DEVICE)))
