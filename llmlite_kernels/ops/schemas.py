@@ -248,18 +248,19 @@ def _masked_linear_setup(ctx, inputs, output):
 
 
 def _masked_linear_backward(ctx, grad_out):
-    from ..formats.bitmask import masked_weight, unpack_mask
+    from ..formats.bitmask import unpack_mask
 
     x, weight, mask_bits = ctx.saved_tensors
     acc = torch.promote_types(x.dtype, torch.float32)
+    zero = torch.zeros((), dtype=acc, device=x.device)
     g = grad_out.reshape(-1, grad_out.shape[-1]).to(acc)
+    mask = unpack_mask(mask_bits, weight.shape[1])  # once for both products
     grad_x = grad_w = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = (g @ masked_weight(weight, mask_bits).to(acc)).to(x.dtype).reshape(x.shape)
+        grad_x = (g @ torch.where(mask, weight.to(acc), zero)).to(x.dtype).reshape(x.shape)
     if ctx.needs_input_grad[1]:
         full = g.t() @ x.reshape(-1, x.shape[-1]).to(acc)
-        mask = unpack_mask(mask_bits, weight.shape[1])
-        grad_w = torch.where(mask, full, torch.zeros((), dtype=acc, device=full.device)).to(weight.dtype)
+        grad_w = torch.where(mask, full, zero).to(weight.dtype)
     if ctx.has_bias and ctx.needs_input_grad[3]:
         grad_bias = g.sum(0).to(x.dtype)
     return grad_x, grad_w, None, grad_bias
