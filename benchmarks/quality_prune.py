@@ -31,7 +31,10 @@ def main(argv=None):
     parser.add_argument("--scope", default="row", choices=("row", "layer"))
     parser.add_argument("--recon-steps", type=int, default=None, help="sparsegpt_recon's Adam steps per block")
     parser.add_argument("--skip-dense", action="store_true", help="do not measure the dense model")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy CPU)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     dense, tokenizer = load_model()

@@ -14,6 +14,8 @@ import torch
 
 from .masks import check_nm_shape, unstructured_mask
 
+CHUNK = 16
+
 
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """(upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, dead input columns).
@@ -56,18 +58,24 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         if nm is None:
             cost = w1 ** 2 / hinv1.diagonal()[None, :] ** 2
             pruned1 |= ~unstructured_mask(cost, sparsity, scope)
-        for i in range(i2 - i1):
-            if nm is not None and (i1 + i) % nm[1] == 0:
+        # Columns in chunks (one N:M group, or CHUNK columns): the sweep updates the chunk's own columns
+        # one by one, and the rest of the block once per chunk (the lazy-batch trick one level down).
+        step = nm[1] if nm is not None else CHUNK
+        for c1 in range(0, i2 - i1, step):
+            c2 = min(c1 + step, i2 - i1)
+            if nm is not None:
                 n, m = nm
-                cost = w1[:, i:i + m] ** 2 / hinv1.diagonal()[i:i + m][None, :] ** 2
+                cost = w1[:, c1:c2] ** 2 / hinv1.diagonal()[c1:c2][None, :] ** 2
                 drop = cost.topk(m - n, dim=1, largest=False).indices
-                pruned1[:, i:i + m].scatter_(1, drop, True)
-            col = w1[:, i]
-            q = torch.where(pruned1[:, i], torch.zeros_like(col), col)
-            err = (col - q) / hinv1[i, i]
-            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
-            w1[:, i] = q
-            err1[:, i] = err
+                pruned1[:, c1:c2].scatter_(1, drop, True)
+            for i in range(c1, c2):
+                col = w1[:, i]
+                q = torch.where(pruned1[:, i], torch.zeros_like(col), col)
+                err = (col - q) / hinv1[i, i]
+                w1[:, i:c2] -= err[:, None] * hinv1[i, i:c2][None, :]
+                w1[:, i] = q
+                err1[:, i] = err
+            w1[:, c2:] -= err1[:, c1:c2] @ hinv1[c1:c2, c2:]
         w[:, i1:i2] = w1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     mask = ~pruned
