@@ -10,6 +10,10 @@ Each op in OPS has an untimed ``prepare`` (weights for one layer, in its own for
 GB/s = weight bytes / time; "% roof" divides by the streaming-read bandwidth measured in the same run
 (a sum over a 1 GiB tensor, same threads). Weights are random bits: the kernels' speed does not
 depend on the values. Run ``python benchmarks/bench_cpu_lowbit.py [--quick]``.
+
+On a machine shared with other jobs, wall-clock times measure the neighbours too; ``--threads 1
+--clock thread`` times the CPU time of the one compute thread instead (memory stalls included), which
+compares the kernels' own cost independently of the load.
 """
 from __future__ import annotations
 
@@ -94,6 +98,9 @@ def l3_bytes() -> int:
         return 480 * 2**20
 
 
+CLOCK = time.perf_counter  # or time.thread_time (--clock thread, with --threads 1)
+
+
 def streaming_read_gbps(nbytes=2**30, reps=5) -> float:
     """Best-of-``reps`` bandwidth of summing a tensor much larger than the caches (torch threads)."""
     t = torch.ones(nbytes // 4)
@@ -104,9 +111,9 @@ def streaming_read_gbps(nbytes=2**30, reps=5) -> float:
 
 
 def _timed(fn) -> float:
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     fn()
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def _clone(w):
@@ -122,10 +129,10 @@ def time_op(op: Op, k: int, n: int, m: int, cold: bool, cold_bytes: int, min_tim
     op.compute(x, ring[0])  # warm-up (first-call allocations, lazy init)
     passes, total, samples = 0, 0.0, []
     while passes < 3 or (total < min_time and passes < 200):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for wi in ring:
             op.compute(x, wi)
-        dt = time.perf_counter() - t0
+        dt = CLOCK() - t0
         samples.append(dt / len(ring))
         total += dt
         passes += 1
@@ -135,7 +142,7 @@ def time_op(op: Op, k: int, n: int, m: int, cold: bool, cold_bytes: int, min_tim
 
 def run(shapes, batches, ops, cold_bytes, min_time, out=print):
     bw = streaming_read_gbps()
-    out(f"# torch {torch.__version__}, threads={torch.get_num_threads()}, "
+    out(f"# torch {torch.__version__}, threads={torch.get_num_threads()}, clock={CLOCK.__name__}, "
         f"llmlite isa={torch.ops.llmlite.cpu_isa()}, L3={l3_bytes() / 2**20:.1f} MiB, "
         f"cold ring >= {cold_bytes / 2**20:.0f} MiB, streaming read {bw:.1f} GB/s")
     rows = []
@@ -167,7 +174,17 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="one shape (14336->4096), M in {1, 8}: about a minute")
     p.add_argument("--cold-mib", type=float, default=None, help="size of the cold ring (default max(2 x L3, 960))")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per cell, at least")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                   help="thread: CPU time of the calling thread (only meaningful with --threads 1)")
     args = p.parse_args(argv)
+    global CLOCK
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "thread":
+        if torch.get_num_threads() != 1:
+            p.error("--clock thread needs --threads 1 (other threads' time would not be counted)")
+        CLOCK = time.thread_time
     torch.manual_seed(0)
     cold = int((args.cold_mib or max(2 * l3_bytes() / 2**20, 960)) * 2**20)
     if args.quick:
