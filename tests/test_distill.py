@@ -253,3 +253,26 @@ def test_teacher_on_another_device_is_refused():
     add_lora_(student, rank=2)
     with pytest.raises(ValueError, match="same device"):
         distill(student, teacher.to("meta"), torch.randint(0, 128, (2, 8)), steps=1, batch_size=2, progress=False)
+
+
+class _ByteTokenizer:
+    """Stand-in tokenizer: one token per byte, modulo the tiny models' vocabulary of 128."""
+
+    def __call__(self, text, add_special_tokens=False, return_tensors="pt"):
+        ids = torch.tensor([b % 128 for b in text.encode()], dtype=torch.long)[None]
+        return type("Encoding", (), {"input_ids": ids})()
+
+
+def test_cli_distill_merges_adapters(monkeypatch, tmp_path, capsys):
+    import llmlite_kernels.models as models
+    from llmlite_kernels.cli import main
+
+    teacher, student = quantized_tiny()
+    monkeypatch.setattr(models, "load_model", lambda path=None: (student, None) if path == "student"
+                        else (teacher, _ByteTokenizer()))
+    text = tmp_path / "train.txt"
+    text.write_text("distillation recovers what compression loses. " * 20)
+    assert main(["distill", "student", "--text", str(text), "--loss", "kl", "--steps", "2", "--seq-len", "16",
+                 "--batch-size", "2", "--windows", "0", "--merge", "--lora-rank", "2"]) == 0
+    assert "distilled (kl) for 2 steps" in capsys.readouterr().out
+    assert not lora_layers(student) and any(isinstance(m, L.QuantLinear) for m in student.modules())
