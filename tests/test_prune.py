@@ -154,3 +154,17 @@ def test_magnitude_needs_no_calibration_and_keeps_the_largest_weights_of_each_ro
         largest_pruned = w.masked_fill(mask, -1.0).amax(1)
         assert torch.all(smallest_kept >= largest_pruned), name
         assert torch.equal(layer.weight.detach(), original[name] * mask)
+
+
+def test_cli_prune_reports_and_saves(tmp_path, monkeypatch, capsys):
+    from llmlite_kernels import cli, models
+
+    monkeypatch.setattr(models, "load_model", lambda path=None: (tiny_model("llama"), None))
+    assert cli.main(["prune", "--method", "magnitude", "--pattern", "2:4", "--windows", "0",
+                     "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sparsity of the pruned layers" in out and "0.500" in out
+    loaded, _ = L.load(tmp_path)
+    assert all(is_nm(layer.mask(), 2, 4) for layer in sparse_layers(loaded).values())
+    with pytest.raises(ValueError, match="pattern"):
+        cli.main(["prune", "--pattern", "1:3", "--windows", "0"])
