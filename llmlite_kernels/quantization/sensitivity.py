@@ -26,11 +26,15 @@ class Option:
 def layer_options(weight: torch.Tensor, hessian: Optional[torch.Tensor], candidate_bits: Sequence[int],
                   candidate_group_sizes: Sequence[int], symmetric: bool, scale_dtype: Optional[torch.dtype] = None,
                   clip_search: bool = False) -> list:
-    """Every candidate's exact packed size and its Hessian-weighted error ``tr((W-Q) H (W-Q)^T)`` for
-    round-to-nearest ``Q`` (``hessian=None``: the plain squared error)."""
+    """Every candidate's exact packed size and its *relative* Hessian-weighted error
+    ``tr((W-Q) H (W-Q)^T) / tr(W H W^T)`` (noise over signal of the layer output) for round-to-nearest
+    ``Q`` (``hessian=None``: the plain relative squared error). The absolute error is not comparable across
+    layers: early layers have small inputs, so their absolute errors look small although they propagate."""
     scale_dtype = scale_dtype or (torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float16)
     w = weight.detach().float()
     diag = None if hessian is None else hessian.diagonal()
+    signal = float(w.pow(2).sum()) if hessian is None else output_error(w, torch.zeros_like(w), hessian)
+    signal = max(signal, 1e-30)
     options = []
     for bits in candidate_bits:
         for group in candidate_group_sizes:
@@ -39,5 +43,5 @@ def layer_options(weight: torch.Tensor, hessian: Optional[torch.Tensor], candida
             size = PackedWeight(codes, s, z, tuple(w.shape), bits, group).nbytes * 8
             q = fake_quantize(w, s, z, bits, group)
             err = float((w - q).pow(2).sum()) if hessian is None else output_error(w, q, hessian)
-            options.append(Option(bits, group, size, err))
+            options.append(Option(bits, group, size, err / signal))
     return options
