@@ -1,4 +1,4 @@
-"""SparseGPT against the dense model ("sparsegpt_recon"): a 2:4 / unstructured pruner that beats SparseGPT.
+"""SparseGPT against the dense model ("sparsegpt_recon", EXPERIMENTAL: diverges on SmolLM2 with 4k calibration tokens).
 
 SparseGPT fits each layer to the outputs its *own* pruned inputs would give through the dense weights,
 so errors of earlier blocks are never corrected. Here every Linear is fitted to the **dense model's**
