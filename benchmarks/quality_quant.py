@@ -44,6 +44,8 @@ RUNS = {
     "awq+gptq-w3g128": Q(bits=3, group_size=128, method="awq+gptq", act_order=True, clip_search=True),
     "auto-3.5-gptq": Q(bits="auto", avg_bits=3.5, method="gptq", act_order=True, clip_search=True),
     "auto-3.0-gptq": Q(bits="auto", avg_bits=3.0, method="gptq", act_order=True, clip_search=True),
+    "auto-3.5-gptq-actorder": Q(bits="auto", avg_bits=3.5, method="gptq", act_order=True),
+    "auto-3.0-gptq-actorder": Q(bits="auto", avg_bits=3.0, method="gptq", act_order=True),
     "auto-3.5-rtn": Q(bits="auto", avg_bits=3.5, method="rtn"),
     "auto-3.0-rtn": Q(bits="auto", avg_bits=3.0, method="rtn"),
     "hqq-w4g128": ("hqq", 4, 128),
