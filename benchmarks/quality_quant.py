@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import llmlite_kernels as L  # noqa: E402
 from llmlite_kernels.eval import wikitext_perplexity  # noqa: E402
+from llmlite_kernels.models import compressed_bytes  # noqa: E402
 from llmlite_kernels.report import format_table  # noqa: E402
 
 Q = L.QuantConfig
@@ -57,11 +58,7 @@ RUNS = {
 
 
 def _ours_bits_per_weight(model) -> float:
-    elements = packed = 0
-    for m in model.modules():
-        if hasattr(m, "packed"):
-            elements += m.in_features * m.out_features
-            packed += m.packed.nbytes
+    elements, packed = compressed_bytes(model)
     return 8 * packed / elements
 
 

@@ -8,21 +8,12 @@ import time
 import torch
 
 from .config import QuantConfig
+from .models import compressed_bytes
 from .report import format_table
 
 
 def _group(value: str):
     return -1 if value in ("-1", "channel", "per-channel", "none") else int(value)
-
-
-def _weight_bytes(model) -> tuple:
-    """(elements, packed bytes) over the compressed layers of ``model``."""
-    elements = packed = 0
-    for module in model.modules():
-        if hasattr(module, "packed"):
-            elements += module.in_features * module.out_features
-            packed += module.packed.nbytes
-    return elements, packed
 
 
 def _measure(model, tokenizer, args) -> dict:
@@ -53,7 +44,7 @@ def compress(args) -> int:
     quantize_(model, config, tokenizer=tokenizer)
     seconds = time.perf_counter() - start
     after = _measure(model, tokenizer, args)
-    elements, packed = _weight_bytes(model)
+    elements, packed = compressed_bytes(model)
 
     mib = lambda b: f"{b / 2**20:.2f} MiB"
     dense_bytes = elements * torch.finfo(dense_dtype).bits // 8
@@ -159,11 +150,23 @@ def distill_cmd(args) -> int:
     return 0
 
 
+MODEL_HELP = "a .gguf file or a local transformers folder (default: bundled SmolLM2-135M)"
+
+
+def _add_eval_options(p, decode_tokens: int | None = None):
+    """The perplexity (and decode-speed) options shared by every subcommand."""
+    p.add_argument("--eval-text", help="text file for perplexity (default: WikiText-2 raw test split)")
+    p.add_argument("--windows", type=int, default=40, help="512-token windows scored (0: skip perplexity)")
+    if decode_tokens is not None:
+        p.add_argument("--decode-tokens", type=int, default=decode_tokens,
+                       help="tokens greedily decoded for speed (0: skip)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmlite", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compress", help="quantize a model and report size, perplexity and decode speed")
-    p.add_argument("--model", help="a .gguf file or a local transformers folder (default: bundled SmolLM2-135M)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
     p.add_argument("--group-size", type=_group, default=128, help="32, 64, 128, 256 or -1 (per-channel)")
     p.add_argument("--symmetric", action="store_true", help="symmetric quantization (default: asymmetric)")
@@ -174,28 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows (default 64)")
     p.add_argument("--act-order", action="store_true", help="GPTQ in activation order (static groups)")
     p.add_argument("--clip-search", action="store_true", help="search each group's clipping ratio")
-    p.add_argument("--eval-text", help="text file for perplexity (default: WikiText-2 raw test split)")
-    p.add_argument("--windows", type=int, default=40, help="512-token windows scored (0: skip perplexity)")
-    p.add_argument("--decode-tokens", type=int, default=64, help="tokens greedily decoded for speed (0: skip)")
+    _add_eval_options(p, decode_tokens=64)
     p.add_argument("--output", help="folder to save the compressed model to (safetensors + JSON)")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("prune", help="prune a model and report sparsity, perplexity and time")
-    p.add_argument("--model", help="a .gguf file or a local transformers folder (default: bundled SmolLM2-135M)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--method", default="sparsegpt", help="magnitude, wanda, sparsegpt or sparsegpt_recon")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (N:M patterns imply it)")
     p.add_argument("--scope", default="row", help="unstructured ranking per output 'row' or per 'layer'")
     p.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows (validation text)")
-    p.add_argument("--eval-text", help="text file for perplexity (default: WikiText-2 raw test split)")
-    p.add_argument("--windows", type=int, default=40, help="512-token windows scored (0: skip perplexity)")
-    p.add_argument("--decode-tokens", type=int, default=0, help="tokens greedily decoded for speed (0: skip)")
+    _add_eval_options(p, decode_tokens=0)
     p.add_argument("--output", help="folder to save the pruned model to (safetensors + JSON)")
     p.set_defaults(func=prune)
 
     p = sub.add_parser("distill", help="recover a compressed model's accuracy by distillation from the original")
     p.add_argument("student", help="a compressed model folder saved by `llmlite compress/prune --output`")
-    p.add_argument("--teacher", help="a .gguf file or a local transformers folder (default: bundled SmolLM2-135M)")
+    p.add_argument("--teacher", help=MODEL_HELP)
     p.add_argument("--loss", default="seed", choices=("seed", "kl", "reverse_kl", "jsd"))
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--minutes", type=float, help="stop training after this many minutes")
@@ -211,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="training text file (default: WikiText-2 validation split)")
     p.add_argument("--checkpoint-dir", help="save resumable checkpoints here")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
-    p.add_argument("--eval-text", help="text file for perplexity (default: WikiText-2 raw test split)")
-    p.add_argument("--windows", type=int, default=40, help="512-token windows scored (0: skip perplexity)")
-    p.add_argument("--decode-tokens", type=int, default=0, help="tokens greedily decoded for speed (0: skip)")
+    _add_eval_options(p, decode_tokens=0)
     p.add_argument("--output", help="folder to save the distilled model to (adapters merged first)")
     p.set_defaults(func=distill_cmd)
     return parser

