@@ -27,6 +27,17 @@ def _measure(model, tokenizer, args) -> dict:
     return result
 
 
+def _quality_rows(before: dict, after: dict, args) -> list:
+    """Table rows for what :func:`_measure` measured before and after compression."""
+    rows = []
+    if "ppl" in before:
+        rows.append([f"perplexity (WikiText-2 test, {args.windows}x512)", f"{before['ppl']:.2f}", f"{after['ppl']:.2f}"])
+    if "tok_s" in before:
+        rows.append([f"greedy decode tokens/s ({args.decode_tokens} tokens, CPU)", f"{before['tok_s']:.1f}",
+                     f"{after['tok_s']:.1f}"])
+    return rows
+
+
 def compress(args) -> int:
     from .models import load_model, quantize_
     from .ops import backends, kernel_for
@@ -53,11 +64,7 @@ def compress(args) -> int:
         ["  ratio vs fp16", "1.000" if dense_dtype == torch.float16 else f"{dense_bytes / (2 * elements):.3f}",
          f"{packed / (2 * elements):.3f}"],
     ]
-    if "ppl" in before:
-        rows.append([f"perplexity (WikiText-2 test, {args.windows}x512)", f"{before['ppl']:.2f}", f"{after['ppl']:.2f}"])
-    if "tok_s" in before:
-        rows.append([f"greedy decode tokens/s ({args.decode_tokens} tokens, CPU)", f"{before['tok_s']:.1f}",
-                     f"{after['tok_s']:.1f}"])
+    rows += _quality_rows(before, after, args)
     print()
     print(format_table(["", str(dense_dtype).replace("torch.", ""), config.describe()], rows,
                        title=f"quantized {sum(1 for m in model.modules() if hasattr(m, 'packed'))} layers in {seconds:.1f} s; "
@@ -87,11 +94,7 @@ def prune(args) -> int:
     seconds = time.perf_counter() - start
     after = _measure(model, tokenizer, args)
     rows = [["sparsity of the pruned layers", "0.000", f"{model_sparsity(model):.3f}"]]
-    if "ppl" in before:
-        rows.append([f"perplexity (WikiText-2 test, {args.windows}x512)", f"{before['ppl']:.2f}", f"{after['ppl']:.2f}"])
-    if "tok_s" in before:
-        rows.append([f"greedy decode tokens/s ({args.decode_tokens} tokens)", f"{before['tok_s']:.1f}",
-                     f"{after['tok_s']:.1f}"])
+    rows += _quality_rows(before, after, args)
     print()
     print(format_table(["", "dense", config.describe()], rows,
                        title=f"pruned {sum(1 for m in model.modules() if hasattr(m, 'mask_bits'))} layers in "
@@ -133,11 +136,7 @@ def distill_cmd(args) -> int:
         merge_lora_and_requantize_(student)
     after = _measure(student, tokenizer, args)
     rows = [["final training loss", "-", f"{log[-1]['loss']:.4g}" if log else "-"]]
-    if "ppl" in before:
-        rows.append([f"perplexity (WikiText-2 test, {args.windows}x512)", f"{before['ppl']:.2f}", f"{after['ppl']:.2f}"])
-    if "tok_s" in before:
-        rows.append([f"greedy decode tokens/s ({args.decode_tokens} tokens)", f"{before['tok_s']:.1f}",
-                     f"{after['tok_s']:.1f}"])
+    rows += _quality_rows(before, after, args)
     print()
     print(format_table(["", "before", "after"], rows,
                        title=f"distilled ({args.loss}) for {len(log)} steps x {args.batch_size}x{args.seq_len} tokens "

@@ -42,7 +42,7 @@ def test_quantized_perplexity_stays_close(smollm2, windows, config, max_ratio):
     base = perplexity(model, windows[:6], progress=False).ppl
     L.quantize_(model, config, progress=False)
     ppl = perplexity(model, windows[:6], progress=False).ppl
-    assert 1.0 <= ppl / base <= max_ratio, (base, ppl)
+    assert base <= ppl <= max_ratio * base, (base, ppl)
     elements = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, L.QuantLinear))
     nbytes = sum(m.packed.nbytes for m in model.modules() if isinstance(m, L.QuantLinear))
     if config.bits == 4:
