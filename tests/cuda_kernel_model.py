@@ -10,6 +10,21 @@ import torch
 
 from llmlite_kernels.formats.mma_repack import TILE_K, TILE_N, padded_out_features
 
+# Formats the CUDA GEMM supports, shared by its repack and kernel-model tests.
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+CASES = [  # (bits, group_size, symmetric, N, K)
+    (4, 32, False, 72, 256), (4, 64, True, 200, 128), (4, 128, False, 136, 384), (4, -1, True, 72, 640),
+    (4, 256, False, 40, 384), (8, 32, True, 72, 256), (8, 64, False, 130, 128), (8, 128, True, 72, 384),
+    (8, -1, False, 264, 128),
+]
+
+
+def case_id(case):
+    bits, g, sym, n, k = case
+    return f"w{bits}-g{g}-{'sym' if sym else 'asym'}-{n}x{k}"
+
 LANES = torch.arange(32)
 K_STEPS = TILE_K // 16  # MMA k-steps per k-tile
 CHUNKS = TILE_K // 8    # 16-byte chunks of activations per row of a k-tile

@@ -8,24 +8,12 @@ slices, split-K partial slots, arrival counters, bias, poisoned output) must mat
 import pytest
 import torch
 
-from cuda_kernel_model import emulate_kernel_weight, ldmatrix_x4_a, model_gemm, stage_activations, stripes
+from cuda_kernel_model import CASES, DTYPES, case_id, emulate_kernel_weight, ldmatrix_x4_a, model_gemm, stage_activations, stripes
 from conftest import assert_close_rel
 from llmlite_kernels.formats import quantize
 from llmlite_kernels.formats.lowbit import dequantize
 from llmlite_kernels.formats.mma_repack import TILE_K, repack_weight
 from llmlite_kernels.ops import lowbit_linear_ref
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-CASES = [  # (bits, group_size, symmetric, N, K)
-    (4, 32, False, 72, 256), (4, 64, True, 200, 128), (4, 128, False, 136, 384), (4, -1, True, 72, 640),
-    (4, 256, False, 40, 384), (8, 32, True, 72, 256), (8, 64, False, 130, 128), (8, 128, True, 72, 384),
-    (8, -1, False, 264, 128),
-]
-
-
-def _ids(case):
-    bits, g, sym, n, k = case
-    return f"w{bits}-g{g}-{'sym' if sym else 'asym'}-{n}x{k}"
 
 
 def _repacked(bits, g, sym, n, k, dtype):
@@ -34,7 +22,7 @@ def _repacked(bits, g, sym, n, k, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_lanes_decode_the_reference_weight_exactly(case, dtype):
     bits, g, sym, n, k = case
     pw, rw = _repacked(bits, g, sym, n, k, dtype)

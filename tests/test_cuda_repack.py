@@ -7,26 +7,13 @@ through its torch model in test_cuda_kernel_model.py.
 import pytest
 import torch
 
+from cuda_kernel_model import CASES, DTYPES, case_id
 from llmlite_kernels.formats import quantize
 from llmlite_kernels.formats.mma_repack import (TILE_K, TILE_N, padded_out_features, repack_codes, repack_weight,
                                                 unrepack_codes, unrepack_weight)
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
-
-CASES = [  # (bits, group_size, symmetric, N, K)
-    (4, 32, False, 72, 256), (4, 64, True, 200, 128), (4, 128, False, 136, 384), (4, -1, True, 72, 640),
-    (4, 256, False, 40, 384), (8, 32, True, 72, 256), (8, 64, False, 130, 128), (8, 128, True, 72, 384),
-    (8, -1, False, 264, 128),
-]
-
-
-def _ids(case):
-    bits, g, sym, n, k = case
-    return f"w{bits}-g{g}-{'sym' if sym else 'asym'}-{n}x{k}"
-
-
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_round_trip_bit_exact(case):
     bits, g, sym, n, k = case
     pw = quantize(torch.randn(n, k), bits=bits, group_size=g, symmetric=sym, scale_dtype=torch.float16)
@@ -90,7 +77,7 @@ def _repacked_case(bits=4, g=32, sym=False, n=72, k=256, dtype=torch.float16):
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", CASES[:4] + CASES[5:7], ids=_ids)
+@pytest.mark.parametrize("case", CASES[:4] + CASES[5:7], ids=case_id)
 def test_repacked_op_matches_lowbit_linear_and_opcheck(case, dtype):
     from llmlite_kernels.ops import lowbit_linear_ref
 
