@@ -92,19 +92,8 @@ LowbitWeight make_weight(const at::Tensor& weight_packed, const at::Tensor& weig
                 "; expected (", n, ", ", groups, ")");
     zero = z.data_ptr<uint8_t>();
   }
-  LowbitWeight w{};
-  w.packed = reinterpret_cast<const uint8_t*>(weight_packed.data_ptr<int32_t>());
-  w.row_bytes = 4 * words;
-  w.scale = weight_scale.data_ptr();
-  w.scale_type = stype;
-  w.zero = zero;
-  w.N = n;
-  w.K = in_features;
-  w.G = groups;
-  w.group = group;
-  w.Kpad = (in_features + kChunk - 1) / kChunk * kChunk;
-  w.bits = static_cast<int>(bits);
-  return w;
+  return LowbitWeight::view(weight_packed.data_ptr<int32_t>(), words, weight_scale.data_ptr(), stype, zero, n,
+                            in_features, groups, group, static_cast<int>(bits));
 }
 
 // x [M, K] -> fp32 [M, Kpad]: every full chunk reordered as the decoders emit W (chunk_code_index),

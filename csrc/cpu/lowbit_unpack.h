@@ -41,6 +41,24 @@ struct LowbitWeight {
     return zero == nullptr ? (1 << (bits - 1)) : static_cast<int>(zero[n * G + gi]);
   }
   inline const uint8_t* row(int64_t n) const { return packed + n * row_bytes; }
+
+  // A view of validated tensors' data: words int32 words per row, K codes per row in G groups of `group`.
+  static LowbitWeight view(const int32_t* words_ptr, int64_t words, const void* scale, ScaleType scale_type,
+                           const uint8_t* zero, int64_t N, int64_t K, int64_t G, int64_t group, int bits) {
+    LowbitWeight w{};
+    w.packed = reinterpret_cast<const uint8_t*>(words_ptr);
+    w.row_bytes = 4 * words;
+    w.scale = scale;
+    w.scale_type = scale_type;
+    w.zero = zero;
+    w.N = N;
+    w.K = K;
+    w.G = G;
+    w.group = group;
+    w.Kpad = (K + kChunk - 1) / kChunk * kChunk;
+    w.bits = bits;
+    return w;
+  }
 };
 
 // Code i of a row (bit stream read as 32-bit little-endian words; a 3-bit code may straddle two).

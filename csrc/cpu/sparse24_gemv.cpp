@@ -497,18 +497,9 @@ at::Tensor sparse24_lowbit_linear_cpu(const at::Tensor& x, const at::Tensor& wei
                       z.sizes(), "; expected (", n, ", ", groups, ")");
     zero = z.data_ptr<uint8_t>();
   }
-  LowbitWeight w{};
-  w.packed = reinterpret_cast<const uint8_t*>(weight_packed.data_ptr<int32_t>());
-  w.row_bytes = 4 * code_words;
-  w.scale = weight_scale.data_ptr();
-  w.scale_type = stype;
-  w.zero = zero;
-  w.N = n;
-  w.K = k2;
-  w.G = groups;
-  w.group = group;
-  w.Kpad = (k2 + kChunk - 1) / kChunk * kChunk;  // >= 16 * meta words
-  w.bits = static_cast<int>(bits);
+  // Kpad (k2 rounded up to a whole chunk) is >= 16 * meta words.
+  const LowbitWeight w = LowbitWeight::view(weight_packed.data_ptr<int32_t>(), code_words, weight_scale.data_ptr(),
+                                            stype, zero, n, k2, groups, group, static_cast<int>(bits));
 
   const Isa isa = active_isa();
   const DequantPermutedFn dequant = dequant_permuted_kernel(isa, w.bits);
