@@ -49,6 +49,8 @@ RUNS = {
     "auto-3.0-gptq-actorder": Q(bits="auto", avg_bits=3.0, method="gptq", act_order=True),
     "auto-3.5-rtn": Q(bits="auto", avg_bits=3.5, method="rtn"),
     "auto-3.0-rtn": Q(bits="auto", avg_bits=3.0, method="rtn"),
+    "auto-3.5-gptq-output": Q(bits="auto", avg_bits=3.5, method="gptq", act_order=True, clip_search=True,
+                              sensitivity="output"),
     "hqq-w4g128": ("hqq", 4, 128),
     "hqq-w4g64": ("hqq", 4, 64),
     "hqq-w3g128": ("hqq", 3, 128),
@@ -106,16 +108,19 @@ def run(name: str, windows: int, calib_windows: int) -> dict:
 
 
 def table(path: str) -> str:
-    rows, fp32 = [], None
+    """The latest record of each (run, windows); "x fp32" divides by the fp32 figure on the same windows."""
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    latest = {r["run"]: r for r in records}
-    fp32 = latest.get("fp32", {}).get("ppl")
-    for r in latest.values():
-        rows.append([r["run"], f"{r['ppl']:.2f}", f"{r['ppl'] / fp32:.3f}" if fp32 else "", f"{r['bits_per_weight']:.3f}",
-                     f"{r['quantize_s']:.0f}", f"{r.get('quantize_cpu_s', float('nan')):.0f}", f"{r['eval_s']:.0f}", r["calib"], r["windows"]])
-    return format_table(["run", "ppl", "x fp32", "bits/weight", "quantize s", "quantize CPU s", "eval s", "calibration", "windows"],
-                        rows, title=f"SmolLM2-135M-Instruct, WikiText-2 test (fp32 {fp32:.2f})" if fp32 else None)
+    latest = {(r["run"], r["windows"]): r for r in records}
+    fp32 = {w: r["ppl"] for (name, w), r in latest.items() if name == "fp32"}
+    rows = []
+    for (name, w), r in sorted(latest.items(), key=lambda item: (-item[0][1], item[0][0] != "fp32")):
+        ratio = f"{r['ppl'] / fp32[w]:.3f}" if w in fp32 else ""
+        rows.append([name, f"{r['ppl']:.2f}", ratio, f"{r['bits_per_weight']:.3f}", f"{r['quantize_s']:.0f}",
+                     f"{r.get('quantize_cpu_s', float('nan')):.0f}", f"{r['eval_s']:.0f}", r["calib"], w])
+    return format_table(["run", "ppl", "x fp32", "bits/weight", "quantize s", "quantize CPU s", "eval s", "calibration",
+                         "windows"], rows, title="SmolLM2-135M-Instruct, WikiText-2 test (fp32 40 windows: "
+                                                 f"{fp32.get(40, float('nan')):.2f})")
 
 
 def main(argv=None):

@@ -10,6 +10,7 @@ from .formats.lowbit import canonical_group_size
 
 METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 CALIBRATED = ("gptq", "awq", "awq+gptq")
+SENSITIVITIES = ("fisher", "output")
 
 
 @dataclass
@@ -39,6 +40,8 @@ class QuantConfig:
     avg_bits: Optional[float] = None
     candidate_bits: Sequence[int] = (2, 3, 4, 8)
     candidate_group_sizes: Sequence[int] = (32, 64, 128, -1)
+    sensitivity: str = "fisher"
+    fisher_windows: int = 16
     act_order: bool = False
     static_groups: Optional[bool] = None
     damp: float = 0.01
@@ -65,6 +68,7 @@ class QuantConfig:
             for b in self.candidate_bits:
                 check_choice("candidate_bits", b, SUPPORTED_BITS)
             self.candidate_bits = sorted(set(self.candidate_bits))
+            check_choice("sensitivity", self.sensitivity, SENSITIVITIES)
             self.candidate_group_sizes = [canonical_group_size(g) for g in self.candidate_group_sizes]
             if not self.candidate_bits or not self.candidate_group_sizes:
                 raise ValueError("candidate_bits and candidate_group_sizes must not be empty")
@@ -79,7 +83,8 @@ class QuantConfig:
             raise ValueError("static_groups=False is not supported with act_order=True (the format stores no g_idx)")
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 <= self.damp < 1:
             raise ValueError(f"damp={self.damp!r} must be a number in [0, 1)")
-        for name, low in (("block_size", 1), ("awq_grid", 2), ("calib_windows", 1), ("calib_seq_len", 2)):
+        for name, low in (("block_size", 1), ("awq_grid", 2), ("calib_windows", 1), ("calib_seq_len", 2),
+                          ("fisher_windows", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} must be an int >= {low}")

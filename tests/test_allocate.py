@@ -82,3 +82,44 @@ def test_auto_bits_needs_avg_bits_and_valid_candidates():
         L.QuantConfig(bits="auto", avg_bits=3, candidate_bits=(5,))
     with pytest.raises(ValueError, match="group_size"):
         L.QuantConfig(bits="auto", avg_bits=3, candidate_group_sizes=(48,))
+    with pytest.raises(ValueError, match="sensitivity"):
+        L.QuantConfig(bits="auto", avg_bits=3, sensitivity="hessian")
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_fisher_diagonal_is_the_mean_squared_window_gradient(kind):
+    from llmlite_kernels.models import iter_linears
+    from llmlite_kernels.nn.quant_linear import linear_weight
+    from llmlite_kernels.quantization.fisher import fisher_diagonals
+
+    torch.manual_seed(0)
+    model = tiny_model(kind)
+    targets = dict(iter_linears(model, (), ["lm_head"]))
+    windows = tokens(3, 10)
+    fisher = fisher_diagonals(model, targets, windows, progress=False)
+    expected = {n: torch.zeros_like(linear_weight(m)) for n, m in targets.items()}
+    for window in windows:
+        model.zero_grad()
+        logits = model(window[None]).logits[0, :-1]
+        torch.nn.functional.cross_entropy(logits, window[1:]).backward()
+        for n, m in targets.items():
+            expected[n] += linear_weight(m).grad.square() / len(windows) if kind == "llama" \
+                else m.weight.grad.t().square() / len(windows)
+    for n in targets:
+        assert fisher[n].shape == linear_weight(targets[n]).shape
+        torch.testing.assert_close(fisher[n], expected[n], rtol=1e-4, atol=1e-12)
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+
+
+def test_fisher_sensitivity_is_the_weighted_squared_error_and_output_mode_still_plans():
+    w = torch.randn(8, 64)
+    f = torch.rand(8, 64)
+    for opt in layer_options(w, None, (2, 4), (32,), symmetric=False, fisher=f):
+        q = L.quantize(w, opt.bits, opt.group_size, False).dequantize(torch.float32)
+        assert opt.error == pytest.approx(float(((w - q) ** 2 * f).sum()), rel=1e-4)
+    with pytest.raises(ValueError, match="fisher"):
+        layer_options(w, None, (4,), (32,), symmetric=False, fisher=f[:, :10])
+    model = tiny_model("llama")
+    config = L.QuantConfig(bits="auto", avg_bits=4.5, sensitivity="output", candidate_group_sizes=(32,), calib_windows=2)
+    L.quantize_(model, config, calibration_texts=torch.randint(0, 128, (2, 16)), progress=False)
+    assert model.llmlite_bit_plan["avg_bits"] <= 4.5

@@ -17,6 +17,7 @@ from ..formats.lowbit import pack_weight
 from ..nn.quant_linear import QuantLinear, linear_weight
 from .allocate import allocate, format_plan, plan_summary
 from .awq import awq_scale_block, rescale_hessian
+from .fisher import fisher_diagonals
 from .clip_search import searched_scales
 from .gptq import gptq_quantize, single_thread
 from .sensitivity import layer_options
@@ -85,9 +86,29 @@ def _swap(root: nn.Module, name: str, new: nn.Module) -> None:
 def plan_bits(model: nn.Module, targets: Dict[str, nn.Module], windows: torch.LongTensor, config: QuantConfig,
               progress: bool = True) -> dict:
     """Measure every candidate of every target on calibration data and solve the size-budget knapsack."""
+    options = _fisher_options(model, targets, windows, config, progress) if config.sensitivity == "fisher" \
+        else _output_options(model, targets, windows, config, progress)
+    numels = {name: linear_weight(module).numel() for name, module in targets.items()}
+    budget = int(config.avg_bits * sum(numels.values()))
+    summary = plan_summary(allocate({n: options[n] for n in targets}, budget), numels, config.avg_bits)
+    if progress:
+        print(format_plan(summary), flush=True)
+    return summary
+
+
+def _fisher_options(model, targets, windows, config, progress):
+    fisher = fisher_diagonals(model, targets, windows[:config.fisher_windows], progress)
+    with single_thread():
+        return {name: layer_options(linear_weight(module), None, config.candidate_bits,
+                                    config.candidate_group_sizes, config.symmetric,
+                                    clip_search=config.clip_search, fisher=fisher.pop(name))
+                for name, module in tqdm(targets.items(), desc="sensitivity", disable=not progress)}
+
+
+def _output_options(model, targets, windows, config, progress):
     blocks = decoder_blocks(model)
     prefix = _block_prefix(model, blocks)
-    options, numels = {}, {}
+    options = {}
     stats = None
     walk = sequential_blocks(model, windows, progress=progress, desc="sensitivity")
     # hooks registered at block i's yield see the walker's own run of block i (one pass per block)
@@ -105,13 +126,7 @@ def plan_bits(model: nn.Module, targets: Dict[str, nn.Module], windows: torch.Lo
             options[name] = layer_options(linear_weight(module), None, config.candidate_bits,
                                           config.candidate_group_sizes, config.symmetric,
                                           clip_search=config.clip_search)
-    for name, module in targets.items():
-        numels[name] = linear_weight(module).numel()
-    budget = int(config.avg_bits * sum(numels.values()))
-    summary = plan_summary(allocate({n: options[n] for n in targets}, budget), numels, config.avg_bits)
-    if progress:
-        print(format_plan(summary), flush=True)
-    return summary
+    return options
 
 
 @single_thread()

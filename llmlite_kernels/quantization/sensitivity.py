@@ -25,15 +25,20 @@ class Option:
 @torch.no_grad()
 def layer_options(weight: torch.Tensor, hessian: Optional[torch.Tensor], candidate_bits: Sequence[int],
                   candidate_group_sizes: Sequence[int], symmetric: bool, scale_dtype: Optional[torch.dtype] = None,
-                  clip_search: bool = False) -> list:
-    """Every candidate's exact packed size and its *relative* Hessian-weighted error
-    ``tr((W-Q) H (W-Q)^T) / tr(W H W^T)`` (noise over signal of the layer output) for round-to-nearest
-    ``Q`` (``hessian=None``: the plain relative squared error). The absolute error is not comparable across
-    layers: early layers have small inputs, so their absolute errors look small although they propagate."""
+                  clip_search: bool = False, fisher: Optional[torch.Tensor] = None) -> list:
+    """Every candidate's exact packed size and its error for round-to-nearest ``Q``:
+
+    * ``fisher`` given (``quantization.fisher``): ``sum F * (W-Q)^2``, the loss increase (x2) it predicts;
+    * else the *relative* Hessian-weighted error ``tr((W-Q) H (W-Q)^T) / tr(W H W^T)`` (noise over signal
+      of the layer output; ``hessian=None``: the plain relative squared error). The absolute output error
+      is not comparable across layers (early layers have small inputs, yet their errors propagate)."""
     scale_dtype = scale_dtype or (torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float16)
     w = weight.detach().float()
-    diag = None if hessian is None else hessian.diagonal()
-    signal = float(w.pow(2).sum()) if hessian is None else output_error(w, torch.zeros_like(w), hessian)
+    if fisher is not None and fisher.shape != w.shape:
+        raise ValueError(f"fisher has shape {tuple(fisher.shape)}; expected the weight's {tuple(w.shape)}")
+    diag = fisher.float().mean(0) if fisher is not None else None if hessian is None else hessian.diagonal()
+    signal = 1.0 if fisher is not None else (float(w.pow(2).sum()) if hessian is None
+                                             else output_error(w, torch.zeros_like(w), hessian))
     signal = max(signal, 1e-30)
     options = []
     for bits in candidate_bits:
@@ -42,6 +47,9 @@ def layer_options(weight: torch.Tensor, hessian: Optional[torch.Tensor], candida
             codes = torch.empty(w.shape[0], packed_words(w.shape[1], bits), dtype=torch.int32)  # sized, unused
             size = PackedWeight(codes, s, z, tuple(w.shape), bits, group).nbytes * 8
             q = fake_quantize(w, s, z, bits, group)
-            err = float((w - q).pow(2).sum()) if hessian is None else output_error(w, q, hessian)
+            if fisher is not None:
+                err = float(((w - q).pow(2) * fisher.float()).sum())
+            else:
+                err = float((w - q).pow(2).sum()) if hessian is None else output_error(w, q, hessian)
             options.append(Option(bits, group, size, err / signal))
     return options
