@@ -135,8 +135,8 @@ class PruneConfig:
     calib_seq_len: int = 512
     blocksize: int = 128
     damp: float = 0.01
-    recon_steps: int = 0
-    recon_lr: float = 1e-4
+    recon_steps: int = 32
+    recon_lr: float = 5e-4
     recon_batch: int = 4
     include: Sequence[str] = ()
     exclude: Sequence[str] = field(default_factory=lambda: ["lm_head"])
