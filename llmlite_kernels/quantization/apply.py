@@ -98,11 +98,9 @@ def plan_bits(model: nn.Module, targets: Dict[str, nn.Module], windows: torch.Lo
 
 def _fisher_options(model, targets, windows, config, progress):
     fisher = fisher_diagonals(model, targets, windows[:config.fisher_windows], progress)
-    with single_thread():
-        return {name: layer_options(linear_weight(module), None, config.candidate_bits,
-                                    config.candidate_group_sizes, config.symmetric,
-                                    clip_search=config.clip_search, fisher=fisher.pop(name))
-                for name, module in tqdm(targets.items(), desc="sensitivity", disable=not progress)}
+    return {name: layer_options(linear_weight(module), None, config.candidate_bits, config.candidate_group_sizes,
+                                config.symmetric, clip_search=config.clip_search, fisher=fisher.pop(name))
+            for name, module in tqdm(targets.items(), desc="sensitivity", disable=not progress)}
 
 
 def _output_options(model, targets, windows, config, progress):
