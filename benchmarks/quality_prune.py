@@ -29,6 +29,7 @@ def main(argv=None):
     parser.add_argument("--windows", type=int, default=40, help="perplexity windows (40 = the protocol)")
     parser.add_argument("--calib-windows", type=int, default=None, help="calibration windows (default: config's)")
     parser.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window")
+    parser.add_argument("--true-sequential", action="store_true", help="prune subset by subset inside blocks")
     parser.add_argument("--scope", default="row", choices=("row", "layer"))
     parser.add_argument("--recon-steps", type=int, default=None, help="sparsegpt_recon's Adam steps per block")
     parser.add_argument("--skip-dense", action="store_true", help="do not measure the dense model")
@@ -47,6 +48,8 @@ def main(argv=None):
     for run in args.runs:
         method, pattern = run.split(":", 1)
         extra = {} if args.calib_windows is None else {"calib_windows": args.calib_windows}
+        if args.true_sequential:
+            extra["true_sequential"] = True
         if args.calib_seq_len is not None:
             extra["calib_seq_len"] = args.calib_seq_len
         if args.recon_steps is not None and method == "sparsegpt_recon":

@@ -155,6 +155,36 @@ class LinearInputStats:
         self.remove()
 
 
+@torch.no_grad()
+def linear_subsets(block: nn.Module, inputs: "BlockInputs", linears: dict) -> list:
+    """``linears``' names grouped in call order: consecutive Linears fed the very same input tensor (q/k/v,
+    gate/up) form one subset. Pruning subset by subset, each gathering statistics after the previous ones
+    were pruned, is GPTQ's "true sequential" order."""
+    calls = []
+
+    def hook(name):
+        def record(module, args, output):
+            if all(name != n for n, _ in calls):
+                calls.append((name, args[0]))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in linears.items()]
+    try:
+        block(inputs.hidden[0], **inputs.kwargs[0])
+    finally:
+        for h in handles:
+            h.remove()
+    subsets, last = [], None
+    for name, x in calls:
+        if subsets and x is last:
+            subsets[-1].append(name)
+        else:
+            subsets.append([name])
+        last = x
+    missing = [n for n in linears if all(n != c for c, _ in calls)]
+    return subsets + ([missing] if missing else [])
+
+
 def block_linears(block: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = (),
                   prefix: Optional[str] = None) -> dict:
     """``{name: module}`` of the Linear/Conv1D layers inside ``block`` (names relative to the block,

@@ -124,6 +124,8 @@ class PruneConfig:
     blocksize / damp: SparseGPT's column block and Hessian dampening (fraction of the mean diagonal).
     recon_steps / recon_lr / recon_batch: Adam steps, learning rate and windows per step of the
     block reconstruction of "sparsegpt_recon".
+    true_sequential: wanda/sparsegpt gather each Linear's statistics after the Linears that feed it inside
+    the same block were pruned (one extra block run per subset; ``calibration.linear_subsets``).
     include / exclude: regular expressions on module names, as in :class:`QuantConfig`.
     """
 
@@ -138,6 +140,7 @@ class PruneConfig:
     recon_steps: int = 32
     recon_lr: float = 5e-4
     recon_batch: int = 4
+    true_sequential: bool = False
     include: Sequence[str] = ()
     exclude: Sequence[str] = field(default_factory=lambda: ["lm_head"])
 
@@ -159,6 +162,8 @@ class PruneConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if isinstance(self.recon_steps, bool) or not isinstance(self.recon_steps, int) or self.recon_steps < 0:
             raise ValueError(f"recon_steps={self.recon_steps!r} must be a non-negative integer")
+        if not isinstance(self.true_sequential, bool):
+            raise ValueError(f"true_sequential must be a bool, got {self.true_sequential!r}")
         for name in ("damp", "recon_lr"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a non-negative number")

@@ -168,3 +168,34 @@ def test_cli_prune_reports_and_saves(tmp_path, monkeypatch, capsys):
     assert all(is_nm(layer.mask(), 2, 4) for layer in sparse_layers(loaded).values())
     with pytest.raises(ValueError, match="pattern"):
         cli.main(["prune", "--pattern", "1:3", "--windows", "0"])
+
+
+def test_linear_subsets_follow_call_order_and_shared_inputs():
+    from llmlite_kernels.calibration import block_linears, capture_block_inputs, decoder_blocks, linear_subsets
+
+    model = tiny_model("llama")
+    block = decoder_blocks(model)[0]
+    inputs = capture_block_inputs(model, tokens(2, 8))
+    subsets = linear_subsets(block, inputs, block_linears(block))
+    assert subsets == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                       ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_true_sequential_prunes_every_layer_validly_and_differs_from_one_pass(method):
+    ids = tokens(8, 16)
+    dense = tiny_model("llama")
+    masks = {}
+    for flag in (False, True):
+        model = copy.deepcopy(dense)
+        L.prune_(model, L.PruneConfig(method=method, pattern="2:4", calib_windows=8, calib_seq_len=16,
+                                      true_sequential=flag), ids, progress=False)
+        layers = sparse_layers(model)
+        assert len(layers) == 14 and all(is_nm(layer.mask(), 2, 4) for layer in layers.values())
+        masks[flag] = {n: layer.mask() for n, layer in layers.items()}
+    # the first subset sees the same inputs either way; a later one sees inputs of pruned q/k/v
+    first = "model.layers.0.self_attn.q_proj"
+    assert torch.equal(masks[False][first], masks[True][first])
+    assert any(not torch.equal(masks[False][n], masks[True][n]) for n in masks[False])
+    with pytest.raises(ValueError, match="true_sequential"):
+        L.PruneConfig(true_sequential=1)

@@ -2,7 +2,8 @@
 
 Calibrated methods walk the decoder blocks in order (``calibration.sequential_blocks``): each block's
 statistics are gathered on the outputs of the blocks before it *as already pruned*, then all its selected
-Linears are pruned at once. Selected Linears outside the decoder blocks (none by default: ``lm_head`` is
+Linears are pruned at once (``true_sequential=True``: subset by subset in call order, q/k/v then o then
+gate/up then down, each subset's statistics gathered after the subsets before it were pruned). Selected Linears outside the decoder blocks (none by default: ``lm_head`` is
 excluded) have no calibration statistics and are pruned by magnitude.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..calibration import LinearInputStats, block_linears, calibration_windows, decoder_blocks, sequential_blocks
+from ..calibration import (LinearInputStats, block_linears, calibration_windows, decoder_blocks, linear_subsets,
+                           sequential_blocks)
 from ..config import PruneConfig
 from ..models import iter_linears, set_submodule
 from ..nn.quant_linear import linear_weight
@@ -67,12 +69,14 @@ def prune_(model: nn.Module, config: Optional[PruneConfig] = None, calibration_t
             for _, block, inputs in sequential_blocks(model, windows, progress=progress,
                                                       desc=f"prune {config.describe()}"):
                 linears = {n: m for n, m in block_linears(block, prefix=names[id(block)]).items() if n in targets}
-                with LinearInputStats(linears) as stats:
-                    inputs.run(block)
-                for name, module in linears.items():
-                    set_submodule(model, name, _prune_layer(module, config, stats, name))
-                    done.add(name)
-                del stats
+                subsets = linear_subsets(block, inputs, linears) if config.true_sequential else [list(linears)]
+                for subset in subsets:
+                    with LinearInputStats({n: linears[n] for n in subset}) as stats:
+                        inputs.run(block)
+                    for name in subset:
+                        set_submodule(model, name, _prune_layer(linears[name], config, stats, name))
+                        done.add(name)
+                    del stats
     rest = [n for n in targets if n not in done]
     if config.calibrated and rest:
         log.warning("pruning %d layers outside the decoder blocks by magnitude: %s", len(rest), rest[:4])
