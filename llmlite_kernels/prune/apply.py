@@ -38,6 +38,7 @@ def _prune_layer(module: nn.Module, config: PruneConfig, stats: Optional[LinearI
     if config.method == "wanda":
         mask = select_mask(wanda_scores(weight, stats.column_norms(name)), config.sparsity, config.nm, config.scope)
         return SparseLinear.from_linear(module, mask)
+    # sparsegpt, and the pruning step of sparsegpt_recon
     new, mask = sparsegpt_prune(weight, stats.hessian(name), config.sparsity, config.nm, config.scope,
                                 config.blocksize, config.damp)
     return SparseLinear.from_linear(module, mask, weight=new)

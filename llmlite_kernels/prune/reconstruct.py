@@ -23,9 +23,7 @@ from ..calibration import (BlockInputs, LinearInputStats, _first, block_linears,
                            decoder_blocks)
 from ..config import PruneConfig
 from ..models import set_submodule
-from ..nn.quant_linear import linear_weight
 from ..nn.sparse_linear import SparseLinear
-from .sparsegpt import sparsegpt_prune
 
 log = logging.getLogger("llmlite_kernels")
 
@@ -82,6 +80,8 @@ def reconstruct_block(block: nn.Module, pruned: BlockInputs, dense_out: list, st
 def prune_blocks_reconstructed(model: nn.Module, config: PruneConfig, windows: torch.LongTensor, targets: dict,
                                progress: bool = True) -> set:
     """Prune the selected Linears inside the decoder blocks of ``model``; returns their names."""
+    from .apply import _prune_layer  # apply imports this module lazily: no cycle at import time
+
     was_training = model.training
     model.eval()
     names = {id(m): n for n, m in model.named_modules()}
@@ -94,9 +94,7 @@ def prune_blocks_reconstructed(model: nn.Module, config: PruneConfig, windows: t
         with LinearInputStats(linears) as stats:
             pruned.run(block)
         for name, module in linears.items():
-            new, mask = sparsegpt_prune(linear_weight(module).detach(), stats.hessian(name), config.sparsity,
-                                        config.nm, config.scope, config.blocksize, config.damp)
-            set_submodule(model, name, SparseLinear.from_linear(module, mask, weight=new))
+            set_submodule(model, name, _prune_layer(module, config, stats, name))
             done.add(name)
         del stats
         reconstruct_block(block, pruned, dense_out, config.recon_steps, config.recon_lr, config.recon_batch)
