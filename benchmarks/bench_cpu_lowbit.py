@@ -61,6 +61,11 @@ def _lowbit_compute(x, w):
     return torch.ops.llmlite.lowbit_linear(x, packed, scale, zero, None, bits, GROUP)
 
 
+def _lowbit_a8_compute(x, w):
+    packed, scale, zero, bits = w
+    return torch.ops.llmlite.lowbit_linear_a8(x, packed, scale, zero, None, bits, GROUP)
+
+
 def _lowbit_bytes(bits):
     return lambda k, n: n * packed_words(k, bits) * 4 + n * math.ceil(k / GROUP) * 3
 
@@ -83,6 +88,7 @@ def _int4_compute(x, w):
 
 
 OPS = [Op(f"ours W{b}", _lowbit_prepare(b), _lowbit_compute, _lowbit_bytes(b)) for b in (4, 3, 2, 8)] + [
+    Op(f"ours W{b}A8", _lowbit_prepare(b), _lowbit_a8_compute, _lowbit_bytes(b)) for b in (4, 2, 8)] + [
     Op("torch fp32", _dense_prepare(torch.float32), lambda x, w: F.linear(x, w[0]), lambda k, n: 4 * n * k),
     Op("torch bf16", _dense_prepare(torch.bfloat16), lambda x, w: F.linear(x, w[0]), lambda k, n: 2 * n * k),
     Op("torch int4", _int4_prepare, _int4_compute, lambda k, n: n * k // 2 + n * (k // GROUP) * 4),
@@ -174,6 +180,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="one shape (14336->4096), M in {1, 8}: about a minute")
     p.add_argument("--cold-mib", type=float, default=None, help="size of the cold ring (default max(2 x L3, 960))")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per cell, at least")
+    p.add_argument("--ops", nargs="+", default=None, help="only these ops (names as in the table, e.g. 'ours W4A8')")
+    p.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes M (default 1 8 512)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="thread: CPU time of the calling thread (only meaningful with --threads 1)")
@@ -187,10 +195,13 @@ def main(argv=None):
         CLOCK = time.thread_time
     torch.manual_seed(0)
     cold = int((args.cold_mib or max(2 * l3_bytes() / 2**20, 960)) * 2**20)
+    ops = OPS if args.ops is None else [op for op in OPS if op.name in args.ops]
+    if not ops:
+        p.error(f"--ops matched nothing; names: {', '.join(op.name for op in OPS)}")
     if args.quick:
-        run([(14336, 4096)], [1, 8], OPS, cold, min_time=0.15)
+        run([(14336, 4096)], args.batches or [1, 8], ops, cold, min_time=0.15)
     else:
-        run(SHAPES, BATCHES, OPS, cold, args.min_time)
+        run(SHAPES, args.batches or BATCHES, ops, cold, args.min_time)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def main(argv=None):
     parser.add_argument("--windows", type=int, default=40, help="perplexity windows (40 = the protocol)")
     parser.add_argument("--calib-windows", type=int, default=None, help="calibration windows (default: config's)")
     parser.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window")
+    parser.add_argument("--calib-sampling", choices=("first", "random"), default=None,
+                        help="first windows of the validation text, or random distinct windows (seed 0)")
     parser.add_argument("--true-sequential", action="store_true", help="prune subset by subset inside blocks")
     parser.add_argument("--scope", default="row", choices=("row", "layer"))
     parser.add_argument("--recon-steps", type=int, default=None, help="sparsegpt_recon's Adam steps per block")
@@ -43,13 +45,15 @@ def main(argv=None):
     rows = []
     if not args.skip_dense:
         ppl = wikitext_perplexity(dense, tokenizer, n_windows=args.windows, progress=False).ppl
-        rows.append(["fp32 (dense)", "-", "0.000", f"{ppl:.2f}", "-"])
+        rows.append(["fp32 (dense)", "-", "-", "0.000", f"{ppl:.2f}", "-"])
         print(rows[-1], flush=True)
     for run in args.runs:
         method, pattern = run.split(":", 1)
         extra = {} if args.calib_windows is None else {"calib_windows": args.calib_windows}
         if args.true_sequential:
             extra["true_sequential"] = True
+        if args.calib_sampling is not None:
+            extra["calib_sampling"] = args.calib_sampling
         if args.calib_seq_len is not None:
             extra["calib_seq_len"] = args.calib_seq_len
         if args.recon_steps is not None and method == "sparsegpt_recon":
@@ -60,12 +64,14 @@ def main(argv=None):
         prune_(model, config, tokenizer=tokenizer, progress=False)
         seconds = time.perf_counter() - start
         ppl = wikitext_perplexity(model, tokenizer, n_windows=args.windows, progress=False).ppl
-        rows.append([method, pattern if pattern != "unstructured" else f"50% {args.scope}",
+        calib = (f"{config.calib_windows}x{config.calib_seq_len} {config.calib_sampling}"
+                 + (" true-seq" if config.true_sequential else "")) if config.calibrated else "-"
+        rows.append([method, pattern if pattern != "unstructured" else f"50% {args.scope}", calib,
                      f"{model_sparsity(model):.3f}", f"{ppl:.2f}", f"{seconds:.0f}"])
         print(rows[-1], flush=True)
         del model
     print()
-    print(format_table(["method", "pattern", "sparsity", f"ppl ({args.windows}x512)", "prune s"], rows,
+    print(format_table(["method", "pattern", "calibration", "sparsity", f"ppl ({args.windows}x512)", "prune s"], rows,
                        title=f"SmolLM2-135M, WikiText-2 test, {torch.get_num_threads()} threads"))
 
 

@@ -14,17 +14,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import SAMPLINGS
 from .eval import CALIBRATION_FILE, data_file, read_text, token_windows
 
 
-def calibration_windows(calibration_texts=None, tokenizer=None, n_windows: int = 64, seq_len: int = 512
-                        ) -> torch.LongTensor:
+def calibration_windows(calibration_texts=None, tokenizer=None, n_windows: int = 64, seq_len: int = 512,
+                        sampling: str = "first", seed: int = 0) -> torch.LongTensor:
     """``[W, seq_len]`` token windows: from a LongTensor ``[W, L]`` as given, or from strings joined with
-    blank lines, tokenized once, cut into non-overlapping windows. ``None``: the WikiText-2 validation split."""
+    blank lines, tokenized once, cut into non-overlapping windows. ``None``: the WikiText-2 validation split.
+
+    sampling: "first" takes the first ``n_windows`` windows; "random" draws ``n_windows`` distinct windows
+    from the whole text with a generator seeded by ``seed`` (kept in text order), as GPTQ/Wanda sample.
+    """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling={sampling!r}; accepted values: {SAMPLINGS}")
     if isinstance(calibration_texts, torch.Tensor):
         if calibration_texts.dtype != torch.long or calibration_texts.dim() != 2:
             raise ValueError("calibration_texts as a tensor must be a LongTensor of token windows [W, seq_len]")
-        return calibration_texts[:n_windows]
+        return _pick(calibration_texts, n_windows, sampling, seed)
     if tokenizer is None:
         raise ValueError("calibration_texts as strings need tokenizer=")
     if calibration_texts is None:
@@ -35,7 +42,16 @@ def calibration_windows(calibration_texts=None, tokenizer=None, n_windows: int =
         text = "\n\n".join(calibration_texts)
     else:
         raise TypeError("calibration_texts must be a list of strings, a string, or a LongTensor [W, seq_len]")
-    return token_windows(tokenizer, text, seq_len, n_windows)
+    if sampling == "first":
+        return token_windows(tokenizer, text, seq_len, n_windows)
+    return _pick(token_windows(tokenizer, text, seq_len), n_windows, sampling, seed)
+
+
+def _pick(windows: torch.LongTensor, n_windows: Optional[int], sampling: str, seed: int) -> torch.LongTensor:
+    if n_windows is None or sampling == "first" or n_windows >= windows.shape[0]:
+        return windows[:n_windows]
+    order = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(seed))
+    return windows[order[:n_windows].sort().values]
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:

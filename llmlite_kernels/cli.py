@@ -54,6 +54,10 @@ def compress(args) -> int:
     start = time.perf_counter()
     quantize_(model, config, tokenizer=tokenizer)
     seconds = time.perf_counter() - start
+    if args.act_int8:
+        from .nn import set_act_quant_
+
+        set_act_quant_(model, "int8")
     after = _measure(model, tokenizer, args)
     elements, packed = compressed_bytes(model)
 
@@ -66,7 +70,7 @@ def compress(args) -> int:
     ]
     rows += _quality_rows(before, after, args)
     print()
-    print(format_table(["", str(dense_dtype).replace("torch.", ""), config.describe()], rows,
+    print(format_table(["", str(dense_dtype).replace("torch.", ""), config.describe() + (" A8" if args.act_int8 else "")], rows,
                        title=f"quantized {sum(1 for m in model.modules() if hasattr(m, 'packed'))} layers in {seconds:.1f} s; "
                              f"CPU kernel: {kernel_for('cpu')} ({backends().get('cpu_cpp', {}).get('why', '')})"))
     if args.output:
@@ -176,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows (default 64)")
     p.add_argument("--act-order", action="store_true", help="GPTQ in activation order (static groups)")
     p.add_argument("--clip-search", action="store_true", help="search each group's clipping ratio")
+    p.add_argument("--act-int8", action="store_true",
+                   help="quantize activations to int8 on the fly (W·A8: VNNI dot products on CPUs that have them)")
     _add_eval_options(p, decode_tokens=64)
     p.add_argument("--output", help="folder to save the compressed model to (safetensors + JSON)")
     p.set_defaults(func=compress)

@@ -11,6 +11,7 @@ from .formats.lowbit import canonical_group_size
 METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 CALIBRATED = ("gptq", "awq", "awq+gptq")
 SENSITIVITIES = ("fisher", "output")
+SAMPLINGS = ("first", "random")
 
 
 @dataclass
@@ -27,6 +28,7 @@ class QuantConfig:
     clip_search: search each group's clipping ratio (MSE weighted by the input second moment).
     awq_grid: number of AWQ exponents tried in [0, 1).
     calib_windows x calib_seq_len: calibration tokens (default 64 x 512 of the WikiText-2 validation file).
+    calib_sampling / calib_seed: "first" windows of the text, or "random" distinct windows drawn with the seed.
     include / exclude: regular expressions matched (``re.search``) against module names; a Linear is
     quantized when it matches some ``include`` (all, if empty) and no ``exclude``.
     """
@@ -50,6 +52,8 @@ class QuantConfig:
     awq_grid: int = 20
     calib_windows: int = 64
     calib_seq_len: int = 512
+    calib_sampling: str = "first"
+    calib_seed: int = 0
 
     def __post_init__(self):
         if self.bits != "auto":
@@ -83,8 +87,9 @@ class QuantConfig:
             raise ValueError("static_groups=False is not supported with act_order=True (the format stores no g_idx)")
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0 <= self.damp < 1:
             raise ValueError(f"damp={self.damp!r} must be a number in [0, 1)")
+        check_choice("calib_sampling", self.calib_sampling, SAMPLINGS)
         for name, low in (("block_size", 1), ("awq_grid", 2), ("calib_windows", 1), ("calib_seq_len", 2),
-                          ("fisher_windows", 1)):
+                          ("fisher_windows", 1), ("calib_seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} must be an int >= {low}")
@@ -121,6 +126,7 @@ class PruneConfig:
     pattern: "unstructured", "2:4" or "4:8" (N kept in every M consecutive inputs of a row).
     scope: unstructured pruning ranks weights per output "row" or over the whole "layer".
     calib_windows x calib_seq_len: calibration tokens (WikiText-2 validation text by default).
+    calib_sampling / calib_seed: as in :class:`QuantConfig`.
     blocksize / damp: SparseGPT's column block and Hessian dampening (fraction of the mean diagonal).
     recon_steps / recon_lr / recon_batch: Adam steps, learning rate and windows per step of the
     block reconstruction of "sparsegpt_recon".
@@ -135,6 +141,8 @@ class PruneConfig:
     scope: str = "row"
     calib_windows: int = 64
     calib_seq_len: int = 512
+    calib_sampling: str = "first"
+    calib_seed: int = 0
     blocksize: int = 128
     damp: float = 0.01
     recon_steps: int = 32
@@ -148,6 +156,7 @@ class PruneConfig:
         check_choice("method", self.method, PRUNE_METHODS)
         check_choice("pattern", self.pattern, PRUNE_PATTERNS)
         check_choice("scope", self.scope, PRUNE_SCOPES)
+        check_choice("calib_sampling", self.calib_sampling, SAMPLINGS)
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
                 or not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity={self.sparsity!r} must be a number in [0, 1)")
@@ -156,6 +165,8 @@ class PruneConfig:
             if abs(self.sparsity - (1 - n / m)) > 1e-9:
                 raise ValueError(f"sparsity={self.sparsity!r} does not match pattern={self.pattern!r}, "
                                  f"which prunes {1 - n / m:g}")
+        if isinstance(self.calib_seed, bool) or not isinstance(self.calib_seed, int) or self.calib_seed < 0:
+            raise ValueError(f"calib_seed={self.calib_seed!r} must be a non-negative integer")
         for name in ("calib_windows", "calib_seq_len", "blocksize", "recon_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -19,6 +19,19 @@ def test_windows_from_tensor_and_bad_types():
         calibration_windows(["some text"])
 
 
+def test_random_sampling_draws_distinct_windows_in_text_order():
+    ids = torch.arange(200).reshape(50, 4)
+    picked = calibration_windows(ids, n_windows=8, sampling="random", seed=3)
+    starts = picked[:, 0]
+    assert picked.shape == (8, 4) and len(set(starts.tolist())) == 8
+    assert torch.equal(starts, starts.sort().values) and not torch.equal(picked, ids[:8])
+    assert torch.equal(picked, calibration_windows(ids, n_windows=8, sampling="random", seed=3))
+    assert not torch.equal(picked, calibration_windows(ids, n_windows=8, sampling="random", seed=4))
+    assert torch.equal(calibration_windows(ids, n_windows=80, sampling="random"), ids)
+    with pytest.raises(ValueError, match="sampling"):
+        calibration_windows(ids, sampling="every")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_sequential_blocks_reproduce_the_model(kind):
     """With no block changed, the last block's outputs equal the model's own last hidden state input."""

@@ -1,4 +1,4 @@
-// llmlite::lowbit_linear / lowbit_dequantize / cpu_isa on CPU: argument checks, activation permutation,
+// llmlite::lowbit_linear / lowbit_linear_a8 / lowbit_dequantize / cpu_isa on CPU: argument checks, activation permutation,
 // and the choice between the GEMV kernels (small batches: stream the packed weight once per 8 rows) and
 // the tiled GEMM (dequantize tiles of W to fp32, multiply with at::mm).
 #include "cpu/lowbit_ops.h"
@@ -6,12 +6,14 @@
 #include <algorithm>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include "cpu/isa.h"
+#include "cpu/lowbit_a8.h"
 #include "cpu/lowbit_kernels.h"
 #include "cpu/lowbit_unpack.h"
 
@@ -147,40 +149,112 @@ void gemm(Isa isa, const LowbitWeight& w, const at::Tensor& xp, const float* bia
   if (bias != nullptr) out.add_(at::from_blob(const_cast<float*>(bias), {w.N}, out.options()));
 }
 
+// The validated arguments of lowbit_linear / lowbit_linear_a8.
+struct LinearArgs {
+  LowbitWeight w;
+  at::Tensor bias_f;  // fp32, or undefined
+  std::vector<int64_t> out_shape;
+  int64_t m_rows;
+  const float* bias() const { return bias_f.defined() ? bias_f.data_ptr<float>() : nullptr; }
+};
+
+LinearArgs check_linear(const at::Tensor& x, const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                        const std::optional<at::Tensor>& weight_zero_point, const std::optional<at::Tensor>& bias,
+                        int64_t bits, int64_t group_size) {
+  check_cpu_tensor(x, "x");
+  check_dtype(x, "x", {at::kFloat, at::kHalf, at::kBFloat16});
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
+  const int64_t k = x.size(-1);
+  LinearArgs args{make_weight(weight_packed, weight_scale, weight_zero_point, bits, group_size, k), {}, {}, 0};
+  if (bias.has_value() && bias->defined()) {
+    check_cpu_tensor(*bias, "bias");
+    check_dtype(*bias, "bias", {x.scalar_type()});
+    TORCH_CHECK_VALUE(bias->dim() == 1, "bias must be 1-D, got shape ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->size(0) == args.w.N, "bias has ", bias->size(0), " elements; expected out_features=",
+                      args.w.N);
+    args.bias_f = bias->to(at::kFloat).contiguous();
+  }
+  args.out_shape.assign(x.sizes().begin(), x.sizes().end());
+  args.out_shape.back() = args.w.N;
+  args.m_rows = x.numel() / k;
+  return args;
+}
+
+// fp32 [M, N] = x2d @ W^T + bias: the GEMV kernels for small batches, the tiled GEMM above.
+at::Tensor linear_fp32(const LinearArgs& args, const at::Tensor& x2d) {
+  const Isa isa = active_isa();
+  const at::Tensor xp = permute_activations(x2d, args.w);
+  at::Tensor out = at::empty({args.m_rows, args.w.N}, x2d.options().dtype(at::kFloat));
+  if (args.m_rows <= kGemvMaxBatch) {
+    gemv(isa, args.w, xp, args.bias(), out.data_ptr<float>());
+  } else {
+    gemm(isa, args.w, xp, args.bias(), out);
+  }
+  return out;
+}
+
+bool a8_uses_vnni(const LowbitWeight& w) {
+  return active_isa() == Isa::Avx512 && cpu_has_vnni() && a8_vnni_format(w.bits, w.group, w.K);
+}
+
+// lowbit_linear_a8 on int8 activations with VNNI, 8 rows per pass over the weight.
+at::Tensor linear_a8_vnni(const LinearArgs& args, const at::Tensor& xq, const at::Tensor& sx) {
+  const LowbitWeight& w = args.w;
+  const int64_t kb = sx.size(1);
+  at::Tensor ordered = at::empty_like(xq);
+  at::Tensor sxsum = at::empty_like(sx);
+  a8_vnni_order(xq.data_ptr<int8_t>(), sx.data_ptr<float>(), args.m_rows, kb, w.bits, ordered.data_ptr<int8_t>(),
+                sxsum.data_ptr<float>());
+  at::Tensor out = at::empty({args.m_rows, w.N}, sx.options());
+  for (int64_t m0 = 0; m0 < args.m_rows; m0 += kMaxGemvRows) {
+    const int64_t rows = std::min<int64_t>(kMaxGemvRows, args.m_rows - m0);
+    const A8Activations a{ordered.data_ptr<int8_t>() + m0 * kb * kA8Block, sx.data_ptr<float>() + m0 * kb,
+                          sxsum.data_ptr<float>() + m0 * kb, rows, kb};
+    float* o = out.data_ptr<float>() + m0 * w.N;
+    at::parallel_for(0, w.N, 16, [&](int64_t n0, int64_t n1) { avx512_vnni::gemv_a8(w, a, args.bias(), o, n0, n1); });
+  }
+  return out;
+}
+
 }  // namespace
 
 at::Tensor lowbit_linear_cpu(const at::Tensor& x, const at::Tensor& weight_packed, const at::Tensor& weight_scale,
                              const std::optional<at::Tensor>& weight_zero_point,
                              const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
-  check_cpu_tensor(x, "x");
-  const at::ScalarType dtype = x.scalar_type();
-  check_dtype(x, "x", {at::kFloat, at::kHalf, at::kBFloat16});
-  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
-  const int64_t k = x.size(-1);
-  const LowbitWeight w = make_weight(weight_packed, weight_scale, weight_zero_point, bits, group_size, k);
-  at::Tensor bias_f;
-  if (bias.has_value() && bias->defined()) {
-    check_cpu_tensor(*bias, "bias");
-    check_dtype(*bias, "bias", {dtype});
-    TORCH_CHECK_VALUE(bias->dim() == 1, "bias must be 1-D, got shape ", bias->sizes());
-    TORCH_CHECK_VALUE(bias->size(0) == w.N, "bias has ", bias->size(0), " elements; expected out_features=", w.N);
-    bias_f = bias->to(at::kFloat).contiguous();
-  }
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = w.N;
-  const int64_t m_rows = x.numel() / k;
-  if (m_rows == 0 || w.N == 0) return at::empty(out_shape, x.options());
+  const LinearArgs args = check_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size);
+  if (args.m_rows == 0 || args.w.N == 0) return at::empty(args.out_shape, x.options());
+  const at::Tensor out = linear_fp32(args, x.reshape({args.m_rows, args.w.K}));
+  return (x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type())).view(args.out_shape);
+}
 
-  const Isa isa = active_isa();
-  const at::Tensor xp = permute_activations(x.reshape({m_rows, k}), w);
-  const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  at::Tensor out = at::empty({m_rows, w.N}, x.options().dtype(at::kFloat));
-  if (m_rows <= kGemvMaxBatch) {
-    gemv(isa, w, xp, bias_ptr, out.data_ptr<float>());
-  } else {
-    gemm(isa, w, xp, bias_ptr, out);
+at::Tensor lowbit_linear_a8_cpu(const at::Tensor& x, const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                                const std::optional<at::Tensor>& weight_zero_point,
+                                const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+  const LinearArgs args = check_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size);
+  if (args.m_rows == 0 || args.w.N == 0) return at::empty(args.out_shape, x.options());
+  const int64_t k = args.w.K, kb = (k + kA8Block - 1) / kA8Block;
+  const at::Tensor xf = x.reshape({args.m_rows, k}).to(at::kFloat).contiguous();
+  at::Tensor xq = at::empty({args.m_rows, kb * kA8Block}, xf.options().dtype(at::kChar));
+  at::Tensor sx = at::empty({args.m_rows, kb}, xf.options());
+  quantize_activations_a8(xf.data_ptr<float>(), args.m_rows, k, xq.data_ptr<int8_t>(), sx.data_ptr<float>());
+  at::Tensor out;
+  if (args.m_rows <= kGemvMaxBatch && a8_uses_vnni(args.w)) {
+    out = linear_a8_vnni(args, xq, sx);
+  } else {  // the fake-quantized activations xq * sx through the fp32 kernels
+    const at::Tensor xhat = (xq.to(at::kFloat).view({args.m_rows, kb, kA8Block}) * sx.unsqueeze(2))
+                                .view({args.m_rows, kb * kA8Block}).narrow(1, 0, k).contiguous();
+    out = linear_fp32(args, xhat);
   }
-  return (dtype == at::kFloat ? out : out.to(dtype)).view(out_shape);
+  return (x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type())).view(args.out_shape);
+}
+
+std::string cpu_a8_path(int64_t bits, int64_t group_size, int64_t in_features) {
+  LowbitWeight w{};
+  w.bits = static_cast<int>(bits);
+  w.K = in_features;
+  w.group = group_size == -1 ? in_features : group_size;
+  if (a8_uses_vnni(w)) return "vnni";
+  return std::string("fake-quant+") + isa_name(active_isa());
 }
 
 at::Tensor lowbit_dequantize_cpu(const at::Tensor& weight_packed, const at::Tensor& weight_scale,

@@ -13,6 +13,15 @@ at::Tensor lowbit_linear_cpu(const at::Tensor& x, const at::Tensor& weight_packe
                              const std::optional<at::Tensor>& weight_zero_point,
                              const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size);
 
+// llmlite::lowbit_linear_a8: lowbit_linear of x quantized to int8 per row and block of 128 (lowbit_a8.h).
+at::Tensor lowbit_linear_a8_cpu(const at::Tensor& x, const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                                const std::optional<at::Tensor>& weight_zero_point,
+                                const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size);
+
+// llmlite::cpu_a8_path: "vnni" when lowbit_linear_a8 of this format runs on VNNI (batches <= 48 rows),
+// else "fake-quant+<isa>".
+std::string cpu_a8_path(int64_t bits, int64_t group_size, int64_t in_features);
+
 // llmlite::lowbit_dequantize: W = (q - z) * s in fp32, returned as dtype [N, in_features].
 at::Tensor lowbit_dequantize_cpu(const at::Tensor& weight_packed, const at::Tensor& weight_scale,
                                  const std::optional<at::Tensor>& weight_zero_point, int64_t bits,

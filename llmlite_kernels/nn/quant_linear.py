@@ -6,9 +6,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._checks import check_tensor
+from .._checks import check_choice, check_tensor
 from ..formats import PackedWeight, num_groups, packed_words, quantize
 from ..formats.lowbit import SCALE_DTYPES, canonical_group_size
+
+ACT_QUANTS = (None, "int8")
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
@@ -25,13 +27,20 @@ class QuantLinear(nn.Module):
 
     The packed weight, scales and zero points are frozen buffers; ``bias`` stays a Parameter so it can
     be fine-tuned. Gradients flow to the input and the bias.
+
+    ``act_quant="int8"``: the activations are quantized to int8 on the fly (per row, per block of 128
+    inputs) and the layer runs ``torch.ops.llmlite.lowbit_linear_a8`` (VNNI dot products on CPUs that have
+    them); ``None`` (default): float activations.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
                  group_size: Optional[int] = 128, symmetric: bool = False,
-                 scale_dtype: torch.dtype = torch.float16, dtype: torch.dtype = torch.float32, device=None):
+                 scale_dtype: torch.dtype = torch.float16, dtype: torch.dtype = torch.float32, device=None,
+                 act_quant: Optional[str] = None):
         super().__init__()
         group_size = canonical_group_size(group_size)
+        check_choice("act_quant", act_quant, ACT_QUANTS)
+        self.act_quant = act_quant
         if scale_dtype not in SCALE_DTYPES:
             raise TypeError(f"scale_dtype {scale_dtype} not supported; accepted: {SCALE_DTYPES}")
         self.in_features, self.out_features = in_features, out_features
@@ -85,23 +94,36 @@ class QuantLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features in its last dimension; expected in_features={self.in_features}")
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return torch.ops.llmlite.lowbit_linear(x.contiguous(), self.weight_packed, self.weight_scale,
-                                               self.weight_zero_point, bias, self.bits, self.group_size)
+        op = torch.ops.llmlite.lowbit_linear_a8 if self.act_quant == "int8" else torch.ops.llmlite.lowbit_linear
+        return op(x.contiguous(), self.weight_packed, self.weight_scale,
+                     self.weight_zero_point, bias, self.bits, self.group_size)
 
     def spec(self) -> dict:
         """What ``io`` needs to rebuild this layer."""
         return {"type": "QuantLinear", "in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "bits": self.bits, "group_size": self.group_size,
                 "symmetric": self.symmetric, "scale_dtype": str(self.weight_scale.dtype).replace("torch.", ""),
-                "dtype": str(self.bias.dtype if self.bias is not None else torch.float32).replace("torch.", "")}
+                "dtype": str(self.bias.dtype if self.bias is not None else torch.float32).replace("torch.", ""),
+                "act_quant": self.act_quant}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "QuantLinear":
         return cls(spec["in_features"], spec["out_features"], bias=spec["bias"], bits=spec["bits"],
                    group_size=spec["group_size"], symmetric=spec["symmetric"],
-                   scale_dtype=getattr(torch, spec["scale_dtype"]), dtype=getattr(torch, spec["dtype"]))
+                   scale_dtype=getattr(torch, spec["scale_dtype"]), dtype=getattr(torch, spec["dtype"]),
+                   act_quant=spec.get("act_quant"))
 
     def extra_repr(self) -> str:
         group = "per-channel" if self.group_size == -1 else self.group_size
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"bits={self.bits}, group_size={group}, symmetric={self.symmetric}")
+                f"bits={self.bits}, group_size={group}, symmetric={self.symmetric}"
+                + (f", act_quant={self.act_quant}" if self.act_quant else ""))
+
+
+def set_act_quant_(model: nn.Module, act_quant: Optional[str] = "int8") -> int:
+    """Set ``act_quant`` on every :class:`QuantLinear` of ``model``; returns how many were set."""
+    check_choice("act_quant", act_quant, ACT_QUANTS)
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    for layer in layers:
+        layer.act_quant = act_quant
+    return len(layers)

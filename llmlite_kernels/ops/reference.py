@@ -2,6 +2,9 @@
 
 ``lowbit_linear(x, W, b) = (x.float() @ dequantize(W).T + b.float()).to(x.dtype)``: float32
 accumulation of the float32-dequantized weight (see ``formats.lowbit`` for the dequantization).
+
+``lowbit_linear_a8(x, W, b) = lowbit_linear`` of ``x`` fake-quantized by :func:`quantize_activations_int8`
+(float32 ``xq * sx``), accumulated in float32, cast to ``x.dtype``.
 """
 from __future__ import annotations
 
@@ -24,6 +27,39 @@ def lowbit_linear_ref(x, weight_packed, weight_scale, weight_zero_point, bias, b
     return out.to(x.dtype)
 
 
+A8_BLOCK = 128  # inputs per activation scale
+
+
+def quantize_activations_int8(x: torch.Tensor):
+    """Symmetric dynamic int8 quantization of ``x [..., K]`` per row and per block of 128 inputs (the last
+    block may be shorter): ``sx = max|x_block| / 127`` (float32), ``xq = round_half_even(x / sx)`` in
+    [-127, 127] (0 where ``sx == 0``). Returns ``(xq int8 [..., K], sx float32 [..., ceil(K / 128)])``."""
+    xf = x.float()
+    k = xf.shape[-1]
+    blocks = -(-k // A8_BLOCK)
+    padded = torch.nn.functional.pad(xf, (0, blocks * A8_BLOCK - k)).unflatten(-1, (blocks, A8_BLOCK))
+    sx = padded.abs().amax(-1) / 127.0
+    safe = torch.where(sx > 0, sx, torch.ones_like(sx))
+    xq = torch.round(padded / safe[..., None]).clamp_(-127, 127)
+    xq = torch.where(sx[..., None] > 0, xq, torch.zeros_like(xq))
+    return xq.flatten(-2)[..., :k].to(torch.int8), sx
+
+
+def dequantize_activations_int8(xq: torch.Tensor, sx: torch.Tensor) -> torch.Tensor:
+    """float32 ``xq * sx`` (each block of 128 inputs by its scale)."""
+    scale = sx.repeat_interleave(A8_BLOCK, dim=-1)[..., :xq.shape[-1]]
+    return xq.float() * scale
+
+
+def lowbit_linear_a8_ref(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
+    check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
+    w = dequantize(weight_packed, weight_scale, weight_zero_point, bits, group_size, x.shape[-1])
+    out = dequantize_activations_int8(*quantize_activations_int8(x)) @ w.t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
 def lowbit_dequantize_ref(weight_packed, weight_scale, weight_zero_point, bits, group_size, in_features, dtype):
     check_packed(weight_packed, weight_scale, weight_zero_point, bits, group_size, in_features,
                  weight_packed.device)
@@ -33,6 +69,7 @@ def lowbit_dequantize_ref(weight_packed, weight_scale, weight_zero_point, bits, 
 # The reference is the default kernel for every device; backends register device keys over it.
 LIB.impl("lowbit_linear", lowbit_linear_ref, "CompositeExplicitAutograd")
 LIB.impl("lowbit_dequantize", lowbit_dequantize_ref, "CompositeExplicitAutograd")
+LIB.impl("lowbit_linear_a8", lowbit_linear_a8_ref, "CompositeExplicitAutograd")
 
 
 def lowbit_linear_repacked_ref(x, weight_repacked, scale_repacked, zero_repacked, bias, bits, group_size,

@@ -25,6 +25,14 @@ LIB.define(
     "lowbit_dequantize(Tensor weight_packed, Tensor weight_scale, Tensor? weight_zero_point, "
     "int bits, int group_size, int in_features, ScalarType dtype) -> Tensor"
 )
+# lowbit_linear with the activations dynamically quantized to int8 (per row, per block of 128 inputs) first:
+# on CPUs with AVX512-VNNI the dot products then run on int8 (reference.lowbit_linear_a8_ref).
+LIB.define(
+    "lowbit_linear_a8(Tensor x, Tensor weight_packed, Tensor weight_scale, Tensor? weight_zero_point, "
+    "Tensor? bias, int bits, int group_size) -> Tensor"
+)
+# Which CPU path lowbit_linear_a8 takes for a weight format: "vnni" or "fake-quant+<isa>". No tensors.
+LIB.define("cpu_a8_path(int bits, int group_size, int in_features) -> str")
 # Which instruction set the CPU C++ kernels run (llmlite_kernels._C; LLMLITE_CPU_ISA forces one). No tensors.
 LIB.define("cpu_isa() -> str")
 
@@ -46,6 +54,11 @@ def check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias,
 def _lowbit_linear_fake(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
     n = check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
     return x.new_empty(*x.shape[:-1], n)
+
+
+@torch.library.register_fake("llmlite::lowbit_linear_a8")
+def _lowbit_linear_a8_fake(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
+    return _lowbit_linear_fake(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
 
 
 @torch.library.register_fake("llmlite::lowbit_dequantize")
@@ -76,6 +89,9 @@ def _lowbit_linear_backward(ctx, grad_out):
 
 
 torch.library.register_autograd("llmlite::lowbit_linear", _lowbit_linear_backward,
+                                setup_context=_lowbit_linear_setup)
+# The activation rounding of lowbit_linear_a8 is passed straight through: the same gradients.
+torch.library.register_autograd("llmlite::lowbit_linear_a8", _lowbit_linear_backward,
                                 setup_context=_lowbit_linear_setup)
 
 

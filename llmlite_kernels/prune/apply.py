@@ -60,7 +60,8 @@ def prune_(model: nn.Module, config: Optional[PruneConfig] = None, calibration_t
             check_nm_shape(linear_weight(module).shape[1], config.nm[1], name)
     done = set()
     if config.calibrated:
-        windows = calibration_windows(calibration_texts, tokenizer, config.calib_windows, config.calib_seq_len)
+        windows = calibration_windows(calibration_texts, tokenizer, config.calib_windows, config.calib_seq_len,
+                                  config.calib_sampling, config.calib_seed)
         names = {id(m): n for n, m in model.named_modules()}
         if config.method == "sparsegpt_recon":
             from .reconstruct import prune_blocks_reconstructed

@@ -142,7 +142,8 @@ def quantize_calibrated(model: nn.Module, config: QuantConfig, calibration_texts
     targets = dict(iter_linears(model, config.include, config.exclude))
     if not targets:
         raise ValueError("no nn.Linear/Conv1D layer matched the config's include/exclude filters")
-    windows = calibration_windows(calibration_texts, tokenizer, config.calib_windows, config.calib_seq_len)
+    windows = calibration_windows(calibration_texts, tokenizer, config.calib_windows, config.calib_seq_len,
+                                  config.calib_sampling, config.calib_seed)
     settings = {n: (config.bits, config.group_size) for n in targets}
     plan = None
     if config.bits == "auto":

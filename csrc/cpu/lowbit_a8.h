@@ -1,0 +1,55 @@
+// W·A8: low-bit weights times activations quantized to int8 on the fly (llmlite::lowbit_linear_a8).
+//
+// Activations are quantized per row and per block of 128 inputs (symmetric, sx = max|x| / 127, round
+// half to even), exactly as reference.quantize_activations_int8. With AVX512-VNNI, 2/4/8-bit weights
+// whose groups are whole blocks (group_size 128, 256 or per-channel) multiply the int8 activations with
+// vpdpbusd: per block, sum_k q_k * xq_k in int32, then
+//   out[m, n] = sum_blocks sx_b * s_g * (sum_k q_k xq_k) - sum_blocks sx_b * s_g * z_g * (sum_k xq_k).
+// Every other case multiplies the fake-quantized activations (xq * sx, float32) with the fp32 kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/lowbit_unpack.h"
+
+namespace llmlite::cpu {
+
+constexpr int64_t kA8Block = 128;  // activations per int8 scale
+
+// Int8 activations of M rows in the VNNI order of `bits` (a8_code_index), each row zero-padded to
+// Kb = ceil(K / 128) whole blocks.
+struct A8Activations {
+  const int8_t* xq;     // [M, Kb * 128]
+  const float* sx;      // [M, Kb]: the block scales
+  const float* sxsum;   // [M, Kb]: sx * sum of the block's xq (the zero-point term)
+  int64_t M, Kb;
+};
+
+// Which input of a 128-code block the VNNI decoder emits at byte lane p (0..127).
+//   8-bit: natural. 4-bit: byte j of the block's 64 holds codes 2j, 2j+1 -> low nibbles first, then the
+//   high ones. 2-bit: byte j of 32 holds codes 4j..4j+3 -> four planes of 32 (shift 0, 2, 4, 6).
+inline int a8_code_index(int bits, int p) {
+  if (bits == 4) return p < 64 ? 2 * p : 2 * (p - 64) + 1;
+  if (bits == 2) return 4 * (p % 32) + p / 32;
+  return p;
+}
+
+// Whether the VNNI kernel handles this format (the CPU check is separate: cpu_has_vnni()).
+inline bool a8_vnni_format(int bits, int64_t group, int64_t K) {
+  return (bits == 2 || bits == 4 || bits == 8) && (group == K || group % kA8Block == 0);
+}
+
+// x fp32 [M, K] -> xq int8 [M, Kb * 128] (natural order, zero-padded) and sx fp32 [M, Kb].
+void quantize_activations_a8(const float* x, int64_t M, int64_t K, int8_t* xq, float* sx);
+
+// Natural-order xq [M, Kb * 128] -> the VNNI order of `bits` (dst, same shape) and sxsum [M, Kb].
+void a8_vnni_order(const int8_t* xq, const float* sx, int64_t M, int64_t Kb, int bits, int8_t* dst,
+                   float* sxsum);
+
+namespace avx512_vnni {
+// out[m, n] for n in [n0, n1), every row m < a.M (at most 8); bias fp32 [N] or nullptr.
+void gemv_a8(const LowbitWeight& w, const A8Activations& a, const float* bias, float* out, int64_t n0,
+             int64_t n1);
+}  // namespace avx512_vnni
+
+}  // namespace llmlite::cpu

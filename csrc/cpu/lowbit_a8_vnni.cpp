@@ -1,0 +1,130 @@
+// AVX512-VNNI kernel of llmlite::lowbit_linear_a8 (see lowbit_a8.h). One 128-code block of a weight row
+// decodes to two vectors of 64 unsigned codes; each meets 64 int8 activations in one vpdpbusd. Its own
+// translation unit: the VNNI target must not leak into the plain AVX-512 build.
+#include <algorithm>
+#include <vector>
+
+#include <immintrin.h>
+
+#include <c10/util/Exception.h>
+
+#include "cpu/lowbit_a8.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")
+
+namespace llmlite::cpu::avx512_vnni {
+namespace {
+
+// Software prefetch distance along the weight stream (rows are contiguous, so it runs into the next row).
+// A 128-code block takes a few ns here, so this must cover the DRAM latency (~100 ns) many blocks ahead.
+constexpr int64_t kPrefetchBytes = 4096;
+
+inline __mmask64 first_bytes(int64_t n) { return n >= 64 ? ~__mmask64{0} : ((__mmask64{1} << n) - 1); }
+
+// The block's codes as two vectors of 64 bytes in a8_code_index order. `bytes` below 16 * BITS: the
+// row's last, partial block, read with masked loads so that nothing past the row is touched.
+template <int BITS>
+inline void decode_block(const uint8_t* p, int64_t bytes, __m512i& u0, __m512i& u1) {
+  constexpr int64_t kFull = 16 * BITS;
+  if constexpr (BITS == 8) {
+    if (bytes >= kFull) {
+      u0 = _mm512_loadu_si512(p);
+      u1 = _mm512_loadu_si512(p + 64);
+    } else {
+      u0 = _mm512_maskz_loadu_epi8(first_bytes(bytes), p);
+      u1 = _mm512_maskz_loadu_epi8(first_bytes(std::max<int64_t>(bytes - 64, 0)), p + 64);
+    }
+  } else if constexpr (BITS == 4) {
+    const __m512i v = bytes >= kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(first_bytes(bytes), p);
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    u0 = _mm512_and_si512(v, low4);
+    u1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+  } else {
+    static_assert(BITS == 2, "the VNNI kernel takes 2-, 4- and 8-bit codes");
+    const __m256i v = bytes >= kFull ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                                     : _mm256_maskz_loadu_epi8(static_cast<__mmask32>(first_bytes(bytes)), p);
+    const __m512i both = _mm512_broadcast_i64x4(v);  // planes (shift 0 | 2), then (4 | 6)
+    const __m512i sh01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i sh23 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(4)), _mm256_set1_epi16(6), 1);
+    const __m512i low2 = _mm512_set1_epi8(0x03);
+    u0 = _mm512_and_si512(_mm512_srlv_epi16(both, sh01), low2);
+    u1 = _mm512_and_si512(_mm512_srlv_epi16(both, sh23), low2);
+  }
+}
+
+// Row n's group scales s[g] and z[g] * s[g] in fp32.
+void row_scales(const LowbitWeight& w, int64_t n, float* s, float* zs) {
+  const int64_t offset = n * w.G;
+  int64_t i = 0;
+  if (w.scale_type == ScaleType::F16) {
+    const auto* p = static_cast<const uint16_t*>(w.scale) + offset;
+    for (; i + 16 <= w.G; i += 16)
+      _mm512_storeu_ps(s + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i))));
+  }
+  for (; i < w.G; ++i) s[i] = w.scale_at(n, i);
+  for (i = 0; i < w.G; ++i) zs[i] = static_cast<float>(w.zero_at(n, i)) * s[i];
+}
+
+template <int BITS, int M>
+void gemv_a8_rows(const LowbitWeight& w, const A8Activations& a, const float* bias, float* out, int64_t n0,
+                  int64_t n1) {
+  constexpr int64_t kFull = 16 * BITS;  // bytes of a 128-code block
+  const int64_t row_stride = a.Kb * kA8Block;
+  const int64_t blocks_per_group = w.G == 1 ? a.Kb : w.group / kA8Block;
+  const int64_t last_bytes = ((w.K - (a.Kb - 1) * kA8Block) * BITS + 7) / 8;
+  std::vector<float> s(w.G), zs(w.G);
+  for (int64_t n = n0; n < n1; ++n) {
+    row_scales(w, n, s.data(), zs.data());
+    const uint8_t* row = w.row(n);
+    __m512 acc[M];
+    float zero_term[M];
+    for (int m = 0; m < M; ++m) {
+      acc[m] = _mm512_setzero_ps();
+      zero_term[m] = 0.f;
+    }
+    for (int64_t g = 0; g < w.G; ++g) {
+      const int64_t b1 = std::min(a.Kb, (g + 1) * blocks_per_group);
+      const float sg = s[g], zsg = zs[g];
+      for (int64_t b = g * blocks_per_group; b < b1; ++b) {
+        const uint8_t* p = row + b * kFull;
+        if constexpr (M <= 2) __builtin_prefetch(p + kPrefetchBytes, 0, 3);
+        __m512i u0, u1;
+        decode_block<BITS>(p, b + 1 < a.Kb ? kFull : last_bytes, u0, u1);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const int8_t* x = a.xq + m * row_stride + b * kA8Block;
+          __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u0, _mm512_loadu_si512(x));
+          dot = _mm512_dpbusd_epi32(dot, u1, _mm512_loadu_si512(x + 64));
+          acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(sg * a.sx[m * a.Kb + b]), acc[m]);
+          zero_term[m] += zsg * a.sxsum[m * a.Kb + b];
+        }
+      }
+    }
+    const float b = bias != nullptr ? bias[n] : 0.f;
+    for (int m = 0; m < M; ++m) out[m * w.N + n] = _mm512_reduce_add_ps(acc[m]) - zero_term[m] + b;
+  }
+}
+
+using Fn = void (*)(const LowbitWeight&, const A8Activations&, const float*, float*, int64_t, int64_t);
+
+#define LLMLITE_A8_ROWS(B)                                                                                  \
+  {&gemv_a8_rows<B, 1>, &gemv_a8_rows<B, 2>, &gemv_a8_rows<B, 3>, &gemv_a8_rows<B, 4>, &gemv_a8_rows<B, 5>, \
+   &gemv_a8_rows<B, 6>, &gemv_a8_rows<B, 7>, &gemv_a8_rows<B, 8>}
+const Fn kTable[3][8] = {LLMLITE_A8_ROWS(2), LLMLITE_A8_ROWS(4), LLMLITE_A8_ROWS(8)};
+#undef LLMLITE_A8_ROWS
+
+}  // namespace
+
+void gemv_a8(const LowbitWeight& w, const A8Activations& a, const float* bias, float* out, int64_t n0,
+             int64_t n1) {
+  TORCH_CHECK(a.M >= 1 && a.M <= 8, "gemv_a8: ", a.M, " rows; the kernel takes 1..8");
+  TORCH_CHECK(a8_vnni_format(w.bits, w.group, w.K), "gemv_a8: bits=", w.bits, " group=", w.group,
+              " is not a VNNI format");
+  const int bi = w.bits == 2 ? 0 : w.bits == 4 ? 1 : 2;
+  kTable[bi][a.M - 1](w, a, bias, out, n0, n1);
+}
+
+}  // namespace llmlite::cpu::avx512_vnni
+
+#pragma GCC pop_options
