@@ -49,6 +49,7 @@ RUNS = {
     "auto-3.0-gptq-actorder": Q(bits="auto", avg_bits=3.0, method="gptq", act_order=True),
     "auto-3.5-rtn": Q(bits="auto", avg_bits=3.5, method="rtn"),
     "auto-3.0-rtn": Q(bits="auto", avg_bits=3.0, method="rtn"),
+    "auto-3.5-gptq-plain": Q(bits="auto", avg_bits=3.5, method="gptq"),
     "auto-3.5-gptq-f64": Q(bits="auto", avg_bits=3.5, method="gptq", act_order=True, clip_search=True,
                            fisher_windows=64),
     "auto-3.5-gptq-output": Q(bits="auto", avg_bits=3.5, method="gptq", act_order=True, clip_search=True,

@@ -20,8 +20,8 @@ native = pytest.mark.skipif(L.kernel_for("cpu") != "cpu_cpp",
                             reason="llmlite_kernels._C is not built: " + L.backends()["cpu_cpp"]["why"])
 
 
-def make(n, k, bits, group_size, symmetric):
-    p = quantize(torch.randn(n, k), bits, group_size, symmetric)
+def make(n, k, bits, group_size, symmetric, scale_dtype=torch.float16):
+    p = quantize(torch.randn(n, k), bits, group_size, symmetric, scale_dtype=scale_dtype)
     return p.weight_packed, p.weight_scale, p.weight_zero_point
 
 
@@ -65,11 +65,13 @@ def test_a8_matches_reference(isa, bits, group_size, symmetric):
 
 @native
 @pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_a8_half_activations(isa, x_dtype, bits):
-    w = make(101, 576, bits, 128, False)
+def test_a8_half_activations_and_scale_dtypes(isa, x_dtype, scale_dtype, bits):
+    """K = 4136 at group 128: 33 groups per row (scales converted 16 at a time, then a masked rest)."""
+    w = make(101, 4136, bits, 128, bits == 8, scale_dtype)
     for m in (1, 8, 9):
-        x = torch.randn(m, 576, dtype=x_dtype)
+        x = torch.randn(m, 4136, dtype=x_dtype)
         bias = torch.randn(101, dtype=x_dtype)
         out = torch.ops.llmlite.lowbit_linear_a8(x, *w, bias, bits, 128)
         assert out.dtype == x_dtype

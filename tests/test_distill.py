@@ -201,6 +201,20 @@ def test_dense_student_trains_everything_and_hidden_term():
     assert all(p.requires_grad for p in student.parameters()) and log[0]["loss"] > 0
 
 
+def test_time_budget_stops_before_a_step_would_overrun_it(monkeypatch):
+    """A fake clock (every reading 10 ms later) makes the step times equal, so the rule is exact."""
+    from llmlite_kernels.distill import trainer
+
+    readings = iter(0.01 * i for i in range(1, 10**6))
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: next(readings))
+    torch.manual_seed(0)
+    teacher = tiny_model("gpt2")
+    _, log = distill(copy.deepcopy(teacher), teacher, torch.randint(0, 128, (4, 16)), loss="kl", steps=1000,
+                     batch_size=2, seq_len=16, max_seconds=0.5, progress=False)
+    assert 1 < len(log) < 1000
+    assert log[-1]["seconds"] <= 0.5 < log[-1]["seconds"] + 2 * (log[-1]["seconds"] - log[-2]["seconds"])
+
+
 @pytest.mark.parametrize("kwargs, word", [
     (dict(loss="mse"), "loss"), (dict(steps=0), "steps"), (dict(batch_size=-1), "batch_size"),
     (dict(seq_len=1.5), "seq_len"), (dict(lr=0.0), "lr"), (dict(loss="kl", temperature=0.0), "temperature"),

@@ -53,57 +53,86 @@ inline void decode_block(const uint8_t* p, int64_t bytes, __m512i& u0, __m512i& 
   }
 }
 
-// Row n's group scales s[g] and z[g] * s[g] in fp32.
+// Row n's group scales s[g] and z[g] * s[g] in fp32, 16 groups per step (masked at the end: SmolLM2's
+// rows have 5 groups, where scalar conversions cost as much as the dot products).
 void row_scales(const LowbitWeight& w, int64_t n, float* s, float* zs) {
   const int64_t offset = n * w.G;
-  int64_t i = 0;
-  if (w.scale_type == ScaleType::F16) {
-    const auto* p = static_cast<const uint16_t*>(w.scale) + offset;
-    for (; i + 16 <= w.G; i += 16)
-      _mm512_storeu_ps(s + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i))));
+  const auto* s16 = static_cast<const uint16_t*>(w.scale) + offset;
+  const auto* s32 = static_cast<const float*>(w.scale) + offset;
+  const __m512 symmetric_zero = _mm512_set1_ps(static_cast<float>(1 << (w.bits - 1)));
+  for (int64_t i = 0; i < w.G; i += 16) {
+    const __mmask16 k = static_cast<__mmask16>(w.G - i >= 16 ? 0xFFFF : (1u << (w.G - i)) - 1);
+    __m512 sv;
+    if (w.scale_type == ScaleType::F16) {
+      sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, s16 + i));
+    } else if (w.scale_type == ScaleType::BF16) {  // bf16 is the top half of an fp32
+      sv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, s16 + i)), 16));
+    } else {
+      sv = _mm512_maskz_loadu_ps(k, s32 + i);
+    }
+    const __m512 zv = w.zero == nullptr
+                          ? symmetric_zero
+                          : _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, w.zero + offset + i)));
+    _mm512_mask_storeu_ps(s + i, k, sv);
+    _mm512_mask_storeu_ps(zs + i, k, _mm512_mul_ps(zv, sv));
   }
-  for (; i < w.G; ++i) s[i] = w.scale_at(n, i);
-  for (i = 0; i < w.G; ++i) zs[i] = static_cast<float>(w.zero_at(n, i)) * s[i];
 }
 
-template <int BITS, int M>
-void gemv_a8_rows(const LowbitWeight& w, const A8Activations& a, const float* bias, float* out, int64_t n0,
-                  int64_t n1) {
+// R consecutive weight rows at once: each activation vector loaded serves R rows, and R weight streams
+// are in flight (more memory-level parallelism than one).
+template <int BITS, int M, int R>
+inline void gemv_a8_row_group(const LowbitWeight& w, const A8Activations& a, const float* bias, float* out,
+                              int64_t n, float* s, float* zs) {
   constexpr int64_t kFull = 16 * BITS;  // bytes of a 128-code block
   const int64_t row_stride = a.Kb * kA8Block;
   const int64_t blocks_per_group = w.G == 1 ? a.Kb : w.group / kA8Block;
   const int64_t last_bytes = ((w.K - (a.Kb - 1) * kA8Block) * BITS + 7) / 8;
-  std::vector<float> s(w.G), zs(w.G);
-  for (int64_t n = n0; n < n1; ++n) {
-    row_scales(w, n, s.data(), zs.data());
-    const uint8_t* row = w.row(n);
-    __m512 acc[M];
-    float zero_term[M];
+  for (int r = 0; r < R; ++r) row_scales(w, n + r, s + r * w.G, zs + r * w.G);
+  __m512 acc[R][M];
+  float zero_term[R][M];
+  for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) {
-      acc[m] = _mm512_setzero_ps();
-      zero_term[m] = 0.f;
+      acc[r][m] = _mm512_setzero_ps();
+      zero_term[r][m] = 0.f;
     }
-    for (int64_t g = 0; g < w.G; ++g) {
-      const int64_t b1 = std::min(a.Kb, (g + 1) * blocks_per_group);
-      const float sg = s[g], zsg = zs[g];
-      for (int64_t b = g * blocks_per_group; b < b1; ++b) {
-        const uint8_t* p = row + b * kFull;
+  for (int64_t g = 0; g < w.G; ++g) {
+    const int64_t b1 = std::min(a.Kb, (g + 1) * blocks_per_group);
+    for (int64_t b = g * blocks_per_group; b < b1; ++b) {
+      const int64_t bytes = b + 1 < a.Kb ? kFull : last_bytes;
+      __m512i u0[R], u1[R];
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* p = w.row(n + r) + b * kFull;
         if constexpr (M <= 2) __builtin_prefetch(p + kPrefetchBytes, 0, 3);
-        __m512i u0, u1;
-        decode_block<BITS>(p, b + 1 < a.Kb ? kFull : last_bytes, u0, u1);
+        decode_block<BITS>(p, bytes, u0[r], u1[r]);
+      }
 #pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) {
-          const int8_t* x = a.xq + m * row_stride + b * kA8Block;
-          __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u0, _mm512_loadu_si512(x));
-          dot = _mm512_dpbusd_epi32(dot, u1, _mm512_loadu_si512(x + 64));
-          acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(sg * a.sx[m * a.Kb + b]), acc[m]);
-          zero_term[m] += zsg * a.sxsum[m * a.Kb + b];
+      for (int m = 0; m < M; ++m) {
+        const int8_t* x = a.xq + m * row_stride + b * kA8Block;
+        const __m512i x0 = _mm512_loadu_si512(x), x1 = _mm512_loadu_si512(x + 64);
+        const float sxb = a.sx[m * a.Kb + b], sxsum = a.sxsum[m * a.Kb + b];
+        for (int r = 0; r < R; ++r) {
+          const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u0[r], x0), u1[r], x1);
+          acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(s[r * w.G + g] * sxb), acc[r][m]);
+          zero_term[r][m] += zs[r * w.G + g] * sxsum;
         }
       }
     }
-    const float b = bias != nullptr ? bias[n] : 0.f;
-    for (int m = 0; m < M; ++m) out[m * w.N + n] = _mm512_reduce_add_ps(acc[m]) - zero_term[m] + b;
   }
+  for (int r = 0; r < R; ++r) {
+    const float b = bias != nullptr ? bias[n + r] : 0.f;
+    for (int m = 0; m < M; ++m) out[m * w.N + n + r] = _mm512_reduce_add_ps(acc[r][m]) - zero_term[r][m] + b;
+  }
+}
+
+constexpr int kRows = 2;
+
+template <int BITS, int M>
+void gemv_a8_rows(const LowbitWeight& w, const A8Activations& a, const float* bias, float* out, int64_t n0,
+                  int64_t n1) {
+  std::vector<float> s(kRows * w.G), zs(kRows * w.G);
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows) gemv_a8_row_group<BITS, M, kRows>(w, a, bias, out, n, s.data(), zs.data());
+  for (; n < n1; ++n) gemv_a8_row_group<BITS, M, 1>(w, a, bias, out, n, s.data(), zs.data());
 }
 
 using Fn = void (*)(const LowbitWeight&, const A8Activations&, const float*, float*, int64_t, int64_t);

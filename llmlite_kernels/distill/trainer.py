@@ -172,8 +172,8 @@ def distill(student: nn.Module, teacher: nn.Module, texts=None, loss: str = "see
     loss: "seed" (alpha * logit MSE + beta * probability MSE, see ``losses``), "kl" (forward, temperature T),
     "reverse_kl", or "jsd" (beta = mixture weight). hidden_weight > 0 adds that times the per-layer
     hidden-state loss. lr default: 1e-3 for LoRA, 2e-5 otherwise (AdamW, warm-up then cosine to lr/10).
-    max_seconds: stop after this much training time; the cosine schedule follows whichever of ``steps`` and
-    ``max_seconds`` is closer to running out. checkpoint_dir: every ``checkpoint_every`` steps and at the end,
+    max_seconds: training time budget (no step starts that would end past it, judged by the slowest step
+    so far); the cosine schedule follows whichever of ``steps`` and ``max_seconds`` is closer to running out. checkpoint_dir: every ``checkpoint_every`` steps and at the end,
     the trainable tensors and the optimizer state (safetensors) + step, log and hyper-parameters (JSON);
     ``resume=True`` continues from it. ``log``: one dict per step (step, loss, lr, tokens, seconds).
     """
@@ -236,12 +236,17 @@ def distill(student: nn.Module, teacher: nn.Module, texts=None, loss: str = "see
                                         "seq_len": seq_len, "batch_size": batch_size, "seed": seed}})
 
     started = time.perf_counter() - elapsed_before
-    running = None
+    running, slowest_step, last_top = None, 0.0, None
     bar = tqdm(range(start_step, steps), desc=f"distill {loss} ({what})", disable=not progress,
                initial=start_step, total=steps)
     for step in bar:
-        elapsed = time.perf_counter() - started
-        if max_seconds is not None and elapsed >= max_seconds:
+        now = time.perf_counter()
+        elapsed = now - started
+        if last_top is not None:
+            slowest_step = max(slowest_step, now - last_top)
+        last_top = now
+        # stop when the next step (as long as the slowest so far) would end past the budget
+        if max_seconds is not None and elapsed + slowest_step > max_seconds:
             break
         fraction = max((step - warmup) / max(1, steps - warmup), elapsed / max_seconds if max_seconds else 0.0)
         for group in optimizer.param_groups:
