@@ -31,6 +31,8 @@ def main(argv=None):
     parser.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window")
     parser.add_argument("--calib-sampling", choices=("first", "random"), default=None,
                         help="first windows of the validation text, or random distinct windows (seed 0)")
+    parser.add_argument("--dense-stats", action="store_true",
+                        help="statistics of every block from the dense model (PruneConfig(sequential=False))")
     parser.add_argument("--true-sequential", action="store_true", help="prune subset by subset inside blocks")
     parser.add_argument("--scope", default="row", choices=("row", "layer"))
     parser.add_argument("--recon-steps", type=int, default=None, help="sparsegpt_recon's Adam steps per block")
@@ -52,6 +54,8 @@ def main(argv=None):
         extra = {} if args.calib_windows is None else {"calib_windows": args.calib_windows}
         if args.true_sequential:
             extra["true_sequential"] = True
+        if args.dense_stats:
+            extra["sequential"] = False
         if args.calib_sampling is not None:
             extra["calib_sampling"] = args.calib_sampling
         if args.calib_seq_len is not None:
@@ -65,7 +69,8 @@ def main(argv=None):
         seconds = time.perf_counter() - start
         ppl = wikitext_perplexity(model, tokenizer, n_windows=args.windows, progress=False).ppl
         calib = (f"{config.calib_windows}x{config.calib_seq_len} {config.calib_sampling}"
-                 + (" true-seq" if config.true_sequential else "")) if config.calibrated else "-"
+                 + (" true-seq" if config.true_sequential else "")
+                 + ("" if config.sequential else " dense-stats")) if config.calibrated else "-"
         rows.append([method, pattern if pattern != "unstructured" else f"50% {args.scope}", calib,
                      f"{model_sparsity(model):.3f}", f"{ppl:.2f}", f"{seconds:.0f}"])
         print(rows[-1], flush=True)

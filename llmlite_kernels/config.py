@@ -132,6 +132,8 @@ class PruneConfig:
     block reconstruction of "sparsegpt_recon".
     true_sequential: wanda/sparsegpt gather each Linear's statistics after the Linears that feed it inside
     the same block were pruned (one extra block run per subset; ``calibration.linear_subsets``).
+    sequential: wanda/sparsegpt statistics of each block come from the blocks before it as pruned (True,
+    the papers' setup) or as in the dense model (False).
     include / exclude: regular expressions on module names, as in :class:`QuantConfig`.
     """
 
@@ -149,6 +151,7 @@ class PruneConfig:
     recon_lr: float = 5e-4
     recon_batch: int = 4
     true_sequential: bool = False
+    sequential: bool = True
     include: Sequence[str] = ()
     exclude: Sequence[str] = field(default_factory=lambda: ["lm_head"])
 
@@ -173,8 +176,12 @@ class PruneConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if isinstance(self.recon_steps, bool) or not isinstance(self.recon_steps, int) or self.recon_steps < 0:
             raise ValueError(f"recon_steps={self.recon_steps!r} must be a non-negative integer")
-        if not isinstance(self.true_sequential, bool):
-            raise ValueError(f"true_sequential must be a bool, got {self.true_sequential!r}")
+        for name in ("true_sequential", "sequential"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not self.sequential and (self.true_sequential or self.method == "sparsegpt_recon"):
+            raise ValueError("sequential=False (statistics from the dense model) does not combine with "
+                             "true_sequential=True or method='sparsegpt_recon'")
         for name in ("damp", "recon_lr"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a non-negative number")

@@ -199,3 +199,26 @@ def test_true_sequential_prunes_every_layer_validly_and_differs_from_one_pass(me
     assert any(not torch.equal(masks[False][n], masks[True][n]) for n in masks[False])
     with pytest.raises(ValueError, match="true_sequential"):
         L.PruneConfig(true_sequential=1)
+
+
+def test_non_sequential_wanda_uses_the_dense_models_statistics():
+    from llmlite_kernels.calibration import LinearInputStats
+    from llmlite_kernels.prune.masks import select_mask
+    from llmlite_kernels.prune.wanda import wanda_scores
+
+    ids = tokens(8, 16)
+    dense = tiny_model("llama")
+    targets = {n: m for n, m in dense.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
+    with LinearInputStats(targets) as stats, torch.no_grad():
+        dense(ids)
+    expected = {n: select_mask(wanda_scores(m.weight, stats.column_norms(n)), 0.5, (2, 4)) for n, m in targets.items()}
+    masks = {}
+    for flag in (True, False):
+        model = copy.deepcopy(dense)
+        L.prune_(model, L.PruneConfig(method="wanda", pattern="2:4", calib_windows=8, calib_seq_len=16,
+                                      sequential=flag), ids, progress=False)
+        masks[flag] = {n: layer.mask() for n, layer in sparse_layers(model).items()}
+    assert all(torch.equal(masks[False][n], expected[n]) for n in expected)
+    assert any(not torch.equal(masks[True][n], expected[n]) for n in expected)  # later blocks: pruned inputs
+    with pytest.raises(ValueError, match="sequential=False"):
+        L.PruneConfig(method="sparsegpt_recon", pattern="2:4", sequential=False)

@@ -1,7 +1,8 @@
 """``prune_``: replace the selected Linears of a model by :class:`SparseLinear` layers holding their masks.
 
 Calibrated methods walk the decoder blocks in order (``calibration.sequential_blocks``): each block's
-statistics are gathered on the outputs of the blocks before it *as already pruned*, then all its selected
+statistics are gathered on the outputs of the blocks before it *as already pruned* (``sequential=False``:
+as in the dense model), then all its selected
 Linears are pruned at once (``true_sequential=True``: subset by subset in call order, q/k/v then o then
 gate/up then down, each subset's statistics gathered after the subsets before it were pruned). Selected Linears outside the decoder blocks (none by default: ``lm_head`` is
 excluded) have no calibration statistics and are pruned by magnitude.
@@ -68,6 +69,7 @@ def prune_(model: nn.Module, config: Optional[PruneConfig] = None, calibration_t
 
             done = prune_blocks_reconstructed(model, config, windows, targets, progress)
         else:
+            pending = {}  # sequential=False: swapped in after the walk, so every block sees dense inputs
             for _, block, inputs in sequential_blocks(model, windows, progress=progress,
                                                       desc=f"prune {config.describe()}"):
                 linears = {n: m for n, m in block_linears(block, prefix=names[id(block)]).items() if n in targets}
@@ -76,9 +78,15 @@ def prune_(model: nn.Module, config: Optional[PruneConfig] = None, calibration_t
                     with LinearInputStats({n: linears[n] for n in subset}) as stats:
                         inputs.run(block)
                     for name in subset:
-                        set_submodule(model, name, _prune_layer(linears[name], config, stats, name))
+                        layer = _prune_layer(linears[name], config, stats, name)
+                        if config.sequential:
+                            set_submodule(model, name, layer)
+                        else:
+                            pending[name] = layer
                         done.add(name)
                     del stats
+            for name, layer in pending.items():
+                set_submodule(model, name, layer)
     rest = [n for n in targets if n not in done]
     if config.calibrated and rest:
         log.warning("pruning %d layers outside the decoder blocks by magnitude: %s", len(rest), rest[:4])
