@@ -9,7 +9,7 @@ Each op in OPS has an untimed ``prepare`` (weights for one layer, in its own for
 
 GB/s = weight bytes / time; "% roof" divides by the streaming-read bandwidth measured in the same run
 (a sum over a 1 GiB tensor, same threads). Weights are random bits: the kernels' speed does not
-depend on the values. Run ``python benchmarks/bench_cpu_lowbit.py [--quick]``.
+depend on the values. Run ``python benchmarks/bench_cpu_lowbit.py [--quick] [--png speedups.png]``.
 
 On a machine shared with other jobs, wall-clock times measure the neighbours too; ``--threads 1
 --clock thread`` times the CPU time of the one compute thread instead (memory stalls included), which
@@ -175,6 +175,25 @@ def _print_rows(rows, out):
         out(f"{r['op']:<12}{r['us']:>11.1f}{r['gbps']:>8.1f}{r['roof']:>8.0f}{r['vs_fp32']:>8.2f}{r['vs_int4']:>8.2f}")
 
 
+def plot(rows, path):
+    """Bars of the speed-up over torch fp32, one panel per (shape, M, mode) cell (needs matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(dict.fromkeys((r["shape"], r["M"], r["mode"]) for r in rows))
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.5), sharey=True, squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        cell_rows = [r for r in rows if (r["shape"], r["M"], r["mode"]) == cell]
+        ax.bar([r["op"] for r in cell_rows], [r["vs_fp32"] for r in cell_rows])
+        ax.axhline(1.0, color="gray", lw=0.5)
+        ax.set_title(f"{cell[0]} M={cell[1]} {cell[2]}", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    axes[0][0].set_ylabel("speed-up vs torch fp32")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one shape (14336->4096), M in {1, 8}: about a minute")
@@ -183,6 +202,7 @@ def main(argv=None):
     p.add_argument("--ops", nargs="+", default=None, help="only these ops (names as in the table, e.g. 'ours W4A8')")
     p.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes M (default 1 8 512)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--png", help="also write a bar chart of the speed-ups over torch fp32 (needs matplotlib)")
     p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="thread: CPU time of the calling thread (only meaningful with --threads 1)")
     args = p.parse_args(argv)
@@ -199,9 +219,14 @@ def main(argv=None):
     if not ops:
         p.error(f"--ops matched nothing; names: {', '.join(op.name for op in OPS)}")
     if args.quick:
-        run([(14336, 4096)], args.batches or [1, 8], ops, cold, min_time=0.15)
+        _, rows = run([(14336, 4096)], args.batches or [1, 8], ops, cold, min_time=0.15)
     else:
-        run(SHAPES, args.batches or BATCHES, ops, cold, args.min_time)
+        _, rows = run(SHAPES, args.batches or BATCHES, ops, cold, args.min_time)
+    if args.png:
+        try:
+            plot(rows, args.png)
+        except ImportError:
+            print("(no matplotlib: skipping the plot)")
 
 
 if __name__ == "__main__":
