@@ -132,3 +132,17 @@ def test_quant_linear_act_quant_int8(tmp_path):
     assert "act_quant=int8" in repr(layer) and L.QuantLinear.from_spec(layer.spec()).act_quant == "int8"
     with pytest.raises(ValueError, match="act_quant"):
         L.QuantLinear(300, 50, act_quant="int4")
+
+
+def test_cli_compress_act_int8_saves_the_setting(tmp_path, monkeypatch, capsys):
+    from llmlite_kernels import cli, models
+
+    from tiny_models import tiny_model
+
+    monkeypatch.setattr(models, "load_model", lambda path=None: (tiny_model("llama"), None))
+    assert cli.main(["compress", "--act-int8", "--windows", "0", "--decode-tokens", "0",
+                     "--output", str(tmp_path)]) == 0
+    assert "A8" in capsys.readouterr().out
+    loaded, _ = L.load(tmp_path)
+    layers = [m for m in loaded.modules() if isinstance(m, L.QuantLinear)]
+    assert layers and all(m.act_quant == "int8" for m in layers)
