@@ -8,21 +8,20 @@ import pytest
 import torch
 
 import llmlite_kernels as L
-from llmlite_kernels.formats import SUPPORTED_BITS, quantize
+from llmlite_kernels.formats import SUPPORTED_BITS
 from llmlite_kernels.formats.lowbit import SUPPORTED_GROUP_SIZES
 from llmlite_kernels.ops.reference import (dequantize_activations_int8, lowbit_linear_a8_ref, lowbit_linear_ref,
                                            quantize_activations_int8)
 
 from conftest import assert_close_rel
-from test_cpu_kernels import ISAS, isa  # noqa: F401  (the fixture forcing each ISA path)
+from test_cpu_kernels import ISAS, check_linear, isa, make  # noqa: F401  (isa: the fixture forcing each ISA path)
 
 native = pytest.mark.skipif(L.kernel_for("cpu") != "cpu_cpp",
                             reason="llmlite_kernels._C is not built: " + L.backends()["cpu_cpp"]["why"])
 
 
-def make(n, k, bits, group_size, symmetric, scale_dtype=torch.float16):
-    p = quantize(torch.randn(n, k), bits, group_size, symmetric, scale_dtype=scale_dtype)
-    return p.weight_packed, p.weight_scale, p.weight_zero_point
+def check_a8(x, w, bias, bits, group_size):
+    check_linear(x, w, bias, bits, group_size, op=torch.ops.llmlite.lowbit_linear_a8, ref_fn=lowbit_linear_a8_ref)
 
 
 def test_activation_quantization_by_hand():
@@ -57,10 +56,7 @@ def test_a8_matches_reference(isa, bits, group_size, symmetric):
         w = make(1000, k, bits, group_size, symmetric)
         bias = torch.randn(1000)
         for m in (1, 3, 17, 64):
-            x = torch.randn(m, k)
-            out = torch.ops.llmlite.lowbit_linear_a8(x, *w, bias if m % 2 else None, bits, group_size)
-            assert_close_rel(out, lowbit_linear_a8_ref(x, *w, bias if m % 2 else None, bits, group_size),
-                             torch.float32)
+            check_a8(torch.randn(m, k), w, bias if m % 2 else None, bits, group_size)
 
 
 @native
@@ -71,11 +67,7 @@ def test_a8_half_activations_and_scale_dtypes(isa, x_dtype, scale_dtype, bits):
     """K = 4136 at group 128: 33 groups per row (scales converted 16 at a time, then a masked rest)."""
     w = make(101, 4136, bits, 128, bits == 8, scale_dtype)
     for m in (1, 8, 9):
-        x = torch.randn(m, 4136, dtype=x_dtype)
-        bias = torch.randn(101, dtype=x_dtype)
-        out = torch.ops.llmlite.lowbit_linear_a8(x, *w, bias, bits, 128)
-        assert out.dtype == x_dtype
-        assert_close_rel(out.float(), lowbit_linear_a8_ref(x, *w, bias, bits, 128).float(), x_dtype)
+        check_a8(torch.randn(m, 4136, dtype=x_dtype), w, torch.randn(101, dtype=x_dtype), bits, 128)
 
 
 @native

@@ -42,9 +42,11 @@ def make(n, k, bits, group_size, symmetric, scale_dtype=torch.float16):
     return p.weight_packed, p.weight_scale, p.weight_zero_point
 
 
-def check_linear(x, w, bias, bits, group_size):
-    out = torch.ops.llmlite.lowbit_linear(x, *w, bias, bits, group_size)
-    ref = lowbit_linear_ref(x, *w, bias, bits, group_size)
+def check_linear(x, w, bias, bits, group_size, op=None, ref_fn=lowbit_linear_ref):
+    """``op`` (default ``lowbit_linear``) against ``ref_fn`` at the tolerance of x's dtype."""
+    op = op or torch.ops.llmlite.lowbit_linear
+    out = op(x, *w, bias, bits, group_size)
+    ref = ref_fn(x, *w, bias, bits, group_size)
     assert out.dtype == x.dtype
     assert_close_rel(out.float(), ref.float(), x.dtype)
 

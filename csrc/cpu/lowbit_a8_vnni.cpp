@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 
 #include "cpu/lowbit_a8.h"
+#include "cpu/lowbit_kernels.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")
@@ -54,29 +55,10 @@ inline void decode_block(const uint8_t* p, int64_t bytes, __m512i& u0, __m512i& 
   }
 }
 
-// Row n's group scales s[g] and z[g] * s[g] in fp32, 16 groups per step (masked at the end: SmolLM2's
-// rows have 5 groups, where scalar conversions cost as much as the dot products).
+// Row n's group scales s[g] and z[g] * s[g] in fp32.
 void row_scales(const LowbitWeight& w, int64_t n, float* s, float* zs) {
-  const int64_t offset = n * w.G;
-  const auto* s16 = static_cast<const uint16_t*>(w.scale) + offset;
-  const auto* s32 = static_cast<const float*>(w.scale) + offset;
-  const __m512 symmetric_zero = _mm512_set1_ps(static_cast<float>(1 << (w.bits - 1)));
-  for (int64_t i = 0; i < w.G; i += 16) {
-    const __mmask16 k = static_cast<__mmask16>(w.G - i >= 16 ? 0xFFFF : (1u << (w.G - i)) - 1);
-    __m512 sv;
-    if (w.scale_type == ScaleType::F16) {
-      sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, s16 + i));
-    } else if (w.scale_type == ScaleType::BF16) {  // bf16 is the top half of an fp32
-      sv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, s16 + i)), 16));
-    } else {
-      sv = _mm512_maskz_loadu_ps(k, s32 + i);
-    }
-    const __m512 zv = w.zero == nullptr
-                          ? symmetric_zero
-                          : _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, w.zero + offset + i)));
-    _mm512_mask_storeu_ps(s + i, k, sv);
-    _mm512_mask_storeu_ps(zs + i, k, _mm512_mul_ps(zv, sv));
-  }
+  avx512::scales_to_float(w.scale, w.scale_type, n * w.G, w.G, s);
+  for (int64_t g = 0; g < w.G; ++g) zs[g] = static_cast<float>(w.zero_at(n, g)) * s[g];
 }
 
 // R consecutive weight rows at once: each activation vector loaded serves R rows, and R weight streams

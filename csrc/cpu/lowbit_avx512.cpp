@@ -14,6 +14,25 @@
 
 namespace llmlite::cpu::avx512 {
 
+// 16 at a time, the rest masked (rows with a few groups, as SmolLM2's, would otherwise pay a scalar fp16
+// conversion per group). Also used by the VNNI kernel (lowbit_a8_vnni.cpp).
+void scales_to_float(const void* src, ScaleType type, int64_t offset, int64_t count, float* dst) {
+  const auto* p16 = static_cast<const uint16_t*>(src) + offset;
+  const auto* p32 = static_cast<const float*>(src) + offset;
+  for (int64_t i = 0; i < count; i += 16) {
+    const __mmask16 k = static_cast<__mmask16>(count - i >= 16 ? 0xFFFF : (1u << (count - i)) - 1);
+    __m512 v;
+    if (type == ScaleType::F16) {
+      v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p16 + i));
+    } else if (type == ScaleType::BF16) {  // bf16 is the top half of an fp32
+      v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p16 + i)), 16));
+    } else {
+      v = _mm512_maskz_loadu_ps(k, p32 + i);
+    }
+    _mm512_mask_storeu_ps(dst + i, k, v);
+  }
+}
+
 struct Simd {
   using V = __m512;
   static constexpr int kLanes = 16;
@@ -33,22 +52,7 @@ struct Simd {
 
   static inline void scales_to_float(const void* src, ScaleType type, int64_t offset, int64_t count,
                                      float* dst) {
-    // 16 at a time, the rest masked (rows with a few groups, as SmolLM2's, would otherwise pay a
-    // scalar fp16 conversion per group)
-    const auto* p16 = static_cast<const uint16_t*>(src) + offset;
-    const auto* p32 = static_cast<const float*>(src) + offset;
-    for (int64_t i = 0; i < count; i += 16) {
-      const __mmask16 k = static_cast<__mmask16>(count - i >= 16 ? 0xFFFF : (1u << (count - i)) - 1);
-      __m512 v;
-      if (type == ScaleType::F16) {
-        v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p16 + i));
-      } else if (type == ScaleType::BF16) {  // bf16 is the top half of an fp32
-        v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p16 + i)), 16));
-      } else {
-        v = _mm512_maskz_loadu_ps(k, p32 + i);
-      }
-      _mm512_mask_storeu_ps(dst + i, k, v);
-    }
+    avx512::scales_to_float(src, type, offset, count, dst);
   }
 
   // Per group: for 2/3/4-bit, a 16-entry table lut[j] = ((j mod 2**b) - z) * s, so that one vpermps

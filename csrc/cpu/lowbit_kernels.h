@@ -19,6 +19,11 @@ using GemvFn = void (*)(const LowbitWeight& w, const float* xp, const float* bia
 // Rows [n0, n1) of W dequantized to fp32 in the permuted chunk order: dst [n1 - n0, w.Kpad], zero-padded.
 using DequantPermutedFn = void (*)(const LowbitWeight& w, int64_t n0, int64_t n1, float* dst);
 
+namespace avx512 {
+// Scales [offset, offset + count) of a weight's scale tensor (fp16, bf16 or fp32) to fp32 dst.
+void scales_to_float(const void* src, ScaleType type, int64_t offset, int64_t count, float* dst);
+}  // namespace avx512
+
 #define LLMLITE_DECLARE_ISA(ns)                     \
   namespace ns {                                    \
   GemvFn gemv_kernel(int bits, int rows);           \

@@ -18,13 +18,19 @@ from .schemas import (LIB, check_lowbit_linear, check_sparse24_linear, check_spa
                       check_sparse24_mma_sp_linear)
 
 
-def lowbit_linear_ref(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
-    check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
-    w = dequantize(weight_packed, weight_scale, weight_zero_point, bits, group_size, x.shape[-1])
-    out = x.float() @ w.t()
+def _lowbit_matmul(x_float, dtype, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
+    """float32 ``x_float @ dequantize(W).T + bias``, cast to ``dtype``."""
+    w = dequantize(weight_packed, weight_scale, weight_zero_point, bits, group_size, x_float.shape[-1])
+    out = x_float @ w.t()
     if bias is not None:
         out = out + bias.float()
-    return out.to(x.dtype)
+    return out.to(dtype)
+
+
+def lowbit_linear_ref(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
+    check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
+    return _lowbit_matmul(x.float(), x.dtype, weight_packed, weight_scale, weight_zero_point, bias, bits,
+                          group_size)
 
 
 A8_BLOCK = 128  # inputs per activation scale
@@ -53,11 +59,8 @@ def dequantize_activations_int8(xq: torch.Tensor, sx: torch.Tensor) -> torch.Ten
 
 def lowbit_linear_a8_ref(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
     check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
-    w = dequantize(weight_packed, weight_scale, weight_zero_point, bits, group_size, x.shape[-1])
-    out = dequantize_activations_int8(*quantize_activations_int8(x)) @ w.t()
-    if bias is not None:
-        out = out + bias.float()
-    return out.to(x.dtype)
+    x_hat = dequantize_activations_int8(*quantize_activations_int8(x))
+    return _lowbit_matmul(x_hat, x.dtype, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
 
 
 def lowbit_dequantize_ref(weight_packed, weight_scale, weight_zero_point, bits, group_size, in_features, dtype):

@@ -50,15 +50,11 @@ def check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias,
     return n
 
 
+@torch.library.register_fake("llmlite::lowbit_linear_a8")
 @torch.library.register_fake("llmlite::lowbit_linear")
 def _lowbit_linear_fake(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
     n = check_lowbit_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
     return x.new_empty(*x.shape[:-1], n)
-
-
-@torch.library.register_fake("llmlite::lowbit_linear_a8")
-def _lowbit_linear_a8_fake(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size):
-    return _lowbit_linear_fake(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size)
 
 
 @torch.library.register_fake("llmlite::lowbit_dequantize")
