@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._checks import check_choice
 from .config import SAMPLINGS
 from .eval import CALIBRATION_FILE, data_file, read_text, token_windows
 
@@ -26,8 +27,7 @@ def calibration_windows(calibration_texts=None, tokenizer=None, n_windows: int =
     sampling: "first" takes the first ``n_windows`` windows; "random" draws ``n_windows`` distinct windows
     from the whole text with a generator seeded by ``seed`` (kept in text order), as GPTQ/Wanda sample.
     """
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling={sampling!r}; accepted values: {SAMPLINGS}")
+    check_choice("sampling", sampling, SAMPLINGS)
     if isinstance(calibration_texts, torch.Tensor):
         if calibration_texts.dtype != torch.long or calibration_texts.dim() != 2:
             raise ValueError("calibration_texts as a tensor must be a LongTensor of token windows [W, seq_len]")
@@ -42,9 +42,8 @@ def calibration_windows(calibration_texts=None, tokenizer=None, n_windows: int =
         text = "\n\n".join(calibration_texts)
     else:
         raise TypeError("calibration_texts must be a list of strings, a string, or a LongTensor [W, seq_len]")
-    if sampling == "first":
-        return token_windows(tokenizer, text, seq_len, n_windows)
-    return _pick(token_windows(tokenizer, text, seq_len), n_windows, sampling, seed)
+    windows = token_windows(tokenizer, text, seq_len, n_windows if sampling == "first" else None)
+    return _pick(windows, n_windows, sampling, seed)
 
 
 def _pick(windows: torch.LongTensor, n_windows: Optional[int], sampling: str, seed: int) -> torch.LongTensor:

@@ -95,8 +95,8 @@ class QuantLinear(nn.Module):
             raise ValueError(f"x has {x.shape[-1]} features in its last dimension; expected in_features={self.in_features}")
         bias = None if self.bias is None else self.bias.to(x.dtype)
         op = torch.ops.llmlite.lowbit_linear_a8 if self.act_quant == "int8" else torch.ops.llmlite.lowbit_linear
-        return op(x.contiguous(), self.weight_packed, self.weight_scale,
-                     self.weight_zero_point, bias, self.bits, self.group_size)
+        return op(x.contiguous(), self.weight_packed, self.weight_scale, self.weight_zero_point, bias, self.bits,
+                  self.group_size)
 
     def spec(self) -> dict:
         """What ``io`` needs to rebuild this layer."""
