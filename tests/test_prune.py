@@ -22,6 +22,18 @@ def test_nm_mask_keeps_the_largest_of_each_group():
     assert unstructured_mask(scores, 0.25).tolist() == [[True, True, True, True, False, False, True, True]]
 
 
+def test_unstructured_ties_are_pruned_in_index_order():
+    scores = torch.tensor([[2.0, 1.0, 1.0, 1.0, 3.0, 1.0]])
+    assert unstructured_mask(scores, 0.5).tolist() == [[True, False, False, False, True, True]]
+
+
+def test_nm_mask_drops_as_topk_smallest():
+    scores = torch.randint(0, 3, (64, 32)).float()  # many ties
+    drop = scores.reshape(64, 8, 4).topk(2, dim=-1, largest=False).indices
+    expected = torch.ones(64, 8, 4, dtype=torch.bool).scatter_(-1, drop, False).reshape(64, 32)
+    assert torch.equal(nm_mask(scores, 2, 4), expected)
+
+
 def test_unstructured_scopes():
     scores = torch.rand(6, 40)
     scores[0] += 10  # row 0 holds the layer's largest scores
@@ -222,3 +234,10 @@ def test_non_sequential_wanda_uses_the_dense_models_statistics():
     assert any(not torch.equal(masks[True][n], expected[n]) for n in expected)  # later blocks: pruned inputs
     with pytest.raises(ValueError, match="sequential=False"):
         L.PruneConfig(method="sparsegpt_recon", pattern="2:4", sequential=False)
+
+
+def test_calibration_defaults_per_method():
+    assert (L.PruneConfig(method="wanda").calib_windows, L.PruneConfig(method="wanda").calib_sampling) == (128, "random")
+    assert (L.PruneConfig(method="sparsegpt").calib_windows, L.PruneConfig().calib_sampling) == (64, "first")
+    given = L.PruneConfig(method="wanda", calib_windows=8, calib_sampling="first")
+    assert (given.calib_windows, given.calib_sampling) == (8, "first")
