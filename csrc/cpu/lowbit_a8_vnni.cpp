@@ -55,10 +55,18 @@ inline void decode_block(const uint8_t* p, int64_t bytes, __m512i& u0, __m512i& 
   }
 }
 
-// Row n's group scales s[g] and z[g] * s[g] in fp32.
+// Row n's group scales s[g] and z[g] * s[g] in fp32, 16 groups per step (SmolLM2's rows have 5 groups:
+// a scalar loop here cost 16% of the kernel's cycles).
 void row_scales(const LowbitWeight& w, int64_t n, float* s, float* zs) {
   avx512::scales_to_float(w.scale, w.scale_type, n * w.G, w.G, s);
-  for (int64_t g = 0; g < w.G; ++g) zs[g] = static_cast<float>(w.zero_at(n, g)) * s[g];
+  const __m512 symmetric_zero = _mm512_set1_ps(static_cast<float>(1 << (w.bits - 1)));
+  for (int64_t g = 0; g < w.G; g += 16) {
+    const __mmask16 k = static_cast<__mmask16>(w.G - g >= 16 ? 0xFFFF : (1u << (w.G - g)) - 1);
+    const __m512 z = w.zero == nullptr
+                         ? symmetric_zero
+                         : _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, w.zero + n * w.G + g)));
+    _mm512_mask_storeu_ps(zs + g, k, _mm512_mul_ps(z, _mm512_maskz_loadu_ps(k, s + g)));
+  }
 }
 
 // R consecutive weight rows at once: each activation vector loaded serves R rows, and R weight streams
