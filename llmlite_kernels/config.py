@@ -129,7 +129,7 @@ class PruneConfig:
     calib_windows x calib_seq_len: calibration tokens (WikiText-2 validation text by default).
     calib_sampling / calib_seed: as in :class:`QuantConfig`. None: the method's default (``CALIBRATION_DEFAULTS``):
     Wanda 128 random windows, as its reference code samples (it updates no weight, and its ranking gains from
-    the wider sample: SmolLM2 2:4 177.7 with the 64 first windows, 165.6 / 169.5 with 128 random, seeds 0 / 1);
+    the wider sample: SmolLM2 2:4 177.7 with the 64 first windows, 165.6 / 169.5 / 172.6 with 128 random, seeds 0-2);
     the others the 64 first windows (SparseGPT's cost is its calibration forward passes: it fits 5 minutes).
     blocksize / damp: SparseGPT's column block and Hessian dampening (fraction of the mean diagonal).
     recon_steps / recon_lr / recon_batch: Adam steps, learning rate and windows per step of the
