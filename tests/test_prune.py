@@ -237,7 +237,8 @@ def test_non_sequential_wanda_uses_the_dense_models_statistics():
 
 
 def test_calibration_defaults_per_method():
-    assert (L.PruneConfig(method="wanda").calib_windows, L.PruneConfig(method="wanda").calib_sampling) == (128, "random")
-    assert (L.PruneConfig(method="sparsegpt").calib_windows, L.PruneConfig().calib_sampling) == (64, "first")
+    wanda, sparsegpt = L.PruneConfig(method="wanda"), L.PruneConfig(method="sparsegpt")
+    assert (wanda.calib_windows, wanda.calib_sampling) == (128, "random")
+    assert (sparsegpt.calib_windows, sparsegpt.calib_sampling) == (64, "first")
     given = L.PruneConfig(method="wanda", calib_windows=8, calib_sampling="first")
     assert (given.calib_windows, given.calib_sampling) == (8, "first")
