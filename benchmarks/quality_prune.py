@@ -15,6 +15,7 @@ import time
 import torch
 
 from llmlite_kernels import PruneConfig, load_model, prune_
+from llmlite_kernels.config import SAMPLINGS
 from llmlite_kernels.eval import wikitext_perplexity
 from llmlite_kernels.prune import model_sparsity
 from llmlite_kernels.report import format_table
@@ -29,7 +30,7 @@ def main(argv=None):
     parser.add_argument("--windows", type=int, default=40, help="perplexity windows (40 = the protocol)")
     parser.add_argument("--calib-windows", type=int, default=None, help="calibration windows (default: config's)")
     parser.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window")
-    parser.add_argument("--calib-sampling", choices=("first", "random"), default=None,
+    parser.add_argument("--calib-sampling", choices=SAMPLINGS, default=None,
                         help="first windows of the validation text, or random distinct windows")
     parser.add_argument("--calib-seed", type=int, default=None, help="seed of random sampling (default: config's, 0)")
     parser.add_argument("--dense-stats", action="store_true",

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .config import QuantConfig
+from .config import SAMPLINGS, QuantConfig
 from .models import compressed_bytes
 from .report import format_table
 
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", default="row", help="unstructured ranking per output 'row' or per 'layer'")
     p.add_argument("--calib-windows", type=int, default=None,
                    help="512-token calibration windows of the validation text (default: the method's, see PruneConfig)")
-    p.add_argument("--calib-sampling", default=None, choices=("random", "first"),
+    p.add_argument("--calib-sampling", default=None, choices=SAMPLINGS,
                    help="random distinct windows (seed 0) or the first ones (default: the method's)")
     _add_eval_options(p, decode_tokens=0)
     p.add_argument("--output", help="folder to save the pruned model to (safetensors + JSON)")

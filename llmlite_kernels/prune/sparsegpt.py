@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .masks import check_nm_shape, unstructured_mask
+from .masks import check_nm_shape, nm_mask, unstructured_mask
 
 CHUNK = 16
 
@@ -66,8 +66,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
             if nm is not None:
                 n, m = nm
                 cost = w1[:, c1:c2] ** 2 / hinv1.diagonal()[c1:c2][None, :] ** 2
-                drop = cost.topk(m - n, dim=1, largest=False).indices
-                pruned1[:, c1:c2].scatter_(1, drop, True)
+                pruned1[:, c1:c2] |= ~nm_mask(cost, n, m)
             for i in range(c1, c2):
                 col = w1[:, i]
                 q = torch.where(pruned1[:, i], torch.zeros_like(col), col)
