@@ -9,6 +9,7 @@
 TORCH_LIBRARY_IMPL(llmlite, CPU, m) {
   m.impl("lowbit_linear", &llmlite::cpu::lowbit_linear_cpu);
   m.impl("lowbit_linear_a8", &llmlite::cpu::lowbit_linear_a8_cpu);
+  m.impl("lowbit_linear_a8_interleaved", &llmlite::cpu::lowbit_linear_a8_interleaved_cpu);
   m.impl("lowbit_dequantize", &llmlite::cpu::lowbit_dequantize_cpu);
   m.impl("sparse24_linear", &llmlite::cpu::sparse24_linear_cpu);
   m.impl("sparse24_lowbit_linear", &llmlite::cpu::sparse24_lowbit_linear_cpu);

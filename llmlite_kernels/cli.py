@@ -16,6 +16,15 @@ def _group(value: str):
     return -1 if value in ("-1", "channel", "per-channel", "none") else int(value)
 
 
+def _act_int8(choice: str) -> bool:
+    """--act-int8 / --float-act / auto: int8 activations where the CPU kernels run AVX512-VNNI."""
+    if choice != "auto":
+        return choice == "on"
+    from .nn.quant_linear import vnni_available
+
+    return vnni_available()
+
+
 def _measure(model, tokenizer, args) -> dict:
     from .eval import decode_speed, wikitext_perplexity
 
@@ -54,7 +63,12 @@ def compress(args) -> int:
     start = time.perf_counter()
     quantize_(model, config, tokenizer=tokenizer)
     seconds = time.perf_counter() - start
-    if args.act_int8:
+    if args.lm_head_bits:
+        from .models import quantize_lm_head_
+
+        quantize_lm_head_(model, bits=args.lm_head_bits, group_size=-1 if args.lm_head_bits == 8 else 128)
+    act_int8 = _act_int8(args.act_int8)
+    if act_int8:
         from .nn import set_act_quant_
 
         set_act_quant_(model, "int8")
@@ -70,7 +84,8 @@ def compress(args) -> int:
     ]
     rows += _quality_rows(before, after, args)
     print()
-    print(format_table(["", str(dense_dtype).replace("torch.", ""), config.describe() + (" A8" if args.act_int8 else "")], rows,
+    print(format_table(["", str(dense_dtype).replace("torch.", ""), config.describe() + (" A8" if act_int8 else "")
+                       + (f", lm_head W{args.lm_head_bits}" if args.lm_head_bits else "")], rows,
                        title=f"quantized {sum(1 for m in model.modules() if hasattr(m, 'packed'))} layers in {seconds:.1f} s; "
                              f"CPU kernel: {kernel_for('cpu')} ({backends().get('cpu_cpp', {}).get('why', '')})"))
     if args.output:
@@ -181,8 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows (default 64)")
     p.add_argument("--act-order", action="store_true", help="GPTQ in activation order (static groups)")
     p.add_argument("--clip-search", action="store_true", help="search each group's clipping ratio")
-    p.add_argument("--act-int8", action="store_true",
-                   help="quantize activations to int8 on the fly (W·A8: VNNI dot products on CPUs that have them)")
+    p.add_argument("--act-int8", dest="act_int8", action="store_const", const="on", default="auto",
+                   help="quantize activations to int8 on the fly (W·A8: VNNI dot products). Default: on where the "
+                        "CPU kernels run AVX512-VNNI (measured faster there), off elsewhere")
+    p.add_argument("--float-act", dest="act_int8", action="store_const", const="off",
+                   help="keep float activations (no int8 quantization)")
+    p.add_argument("--lm-head-bits", type=int, default=8, choices=(0, 4, 8),
+                   help="quantize lm_head too: 8 = W8 per-channel (default), 4 = W4 g128, 0 = keep it float "
+                        "(a tied input embedding keeps its float weight either way)")
     _add_eval_options(p, decode_tokens=64)
     p.add_argument("--output", help="folder to save the compressed model to (safetensors + JSON)")
     p.set_defaults(func=compress)

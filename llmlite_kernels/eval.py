@@ -1,6 +1,8 @@
 """The evaluation protocol: perplexity on fixed windows, and greedy-decode speed."""
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import time
@@ -9,8 +11,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ._checks import check_choice
+from .decode import LlamaDecoder, supports
+
 TEST_FILE = "wikitext2-test.raw"
 CALIBRATION_FILE = "wikitext2-valid.tokens"
+LOOPS = ("auto", "lean", "hf")
+
+log = logging.getLogger("llmlite_kernels")
 
 
 def data_file(name: str) -> str:
@@ -71,15 +79,29 @@ def wikitext_perplexity(model, tokenizer, path: str | None = None, seq_len: int 
     return perplexity(model, token_windows(tokenizer, text, seq_len, n_windows), progress)
 
 
-@torch.no_grad()
-def decode_speed(model, tokenizer, new_tokens: int = 64, prompt: str = "The history of the city of") -> float:
-    """Greedy decode ``new_tokens`` tokens after ``prompt`` (batch 1, KV cache); returns tokens/s."""
+@torch.inference_mode()
+def decode_speed(model, tokenizer, new_tokens: int = 64, prompt: str = "The history of the city of",
+                 loop: str = "auto") -> float:
+    """Greedy decode ``new_tokens`` tokens after ``prompt`` (batch 1, KV cache); returns tokens/s.
+
+    loop: "lean" (:class:`~llmlite_kernels.decode.LlamaDecoder`, so the time is the model's, not transformers'
+    per-step overhead), "hf" (``model.generate``), or "auto": "lean" when ``decode.supports(model)``, else "hf".
+    """
+    check_choice("loop", loop, LOOPS)
+    if loop == "auto":
+        loop = "lean" if supports(model) else "hf"
+    log.info("decode_speed: %s loop", "lean (LlamaDecoder)" if loop == "lean" else "hf (model.generate)")
     device = next(model.parameters()).device
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-    kwargs = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+    if loop == "lean":
+        decoder = LlamaDecoder(model, max_len=ids.shape[1] + max(new_tokens, 4))
+        run = functools.partial(decoder.generate, ids)
+    else:
+        def run(n):
+            out = model.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            return out[0, ids.shape[1]:]
+    run(4)  # warm-up
     start = time.perf_counter()
-    out = model.generate(ids, **kwargs)
-    elapsed = time.perf_counter() - start
-    return (out.shape[1] - ids.shape[1]) / elapsed
+    count = len(run(new_tokens))
+    return count / (time.perf_counter() - start)

@@ -138,3 +138,23 @@ def test_cli_compress_act_int8_saves_the_setting(tmp_path, monkeypatch, capsys):
     loaded, _ = L.load(tmp_path)
     layers = [m for m in loaded.modules() if isinstance(m, L.QuantLinear)]
     assert layers and all(m.act_quant == "int8" for m in layers)
+
+
+def test_cli_compress_defaults_int8_activations_where_vnni_runs_and_a_w8_head(tmp_path, monkeypatch, capsys):
+    from llmlite_kernels import cli, models
+    from llmlite_kernels.nn.quant_linear import vnni_available
+
+    from tiny_models import tiny_model
+
+    monkeypatch.setattr(models, "load_model", lambda path=None: (tiny_model("llama"), None))
+    assert cli.main(["compress", "--windows", "0", "--decode-tokens", "0", "--output", str(tmp_path / "a")]) == 0
+    loaded, _ = L.load(tmp_path / "a")
+    assert isinstance(loaded.lm_head, L.QuantLinear) and loaded.lm_head.bits == 8
+    assert ("A8" in capsys.readouterr().out) == vnni_available()
+    assert all(m.act_quant == ("int8" if vnni_available() else None)
+               for m in loaded.modules() if isinstance(m, L.QuantLinear))
+    assert cli.main(["compress", "--float-act", "--lm-head-bits", "0", "--windows", "0", "--decode-tokens", "0",
+                     "--output", str(tmp_path / "b")]) == 0
+    loaded, _ = L.load(tmp_path / "b")
+    assert isinstance(loaded.lm_head, torch.nn.Linear)
+    assert all(m.act_quant is None for m in loaded.modules() if isinstance(m, L.QuantLinear))

@@ -108,3 +108,30 @@ def test_compiled_quantized_model_matches_eager():
         eager = model(ids).logits
         compiled = torch.compile(model, fullgraph=True)(ids).logits
     assert_close_rel(compiled, eager, torch.float32, tol=1e-4)
+
+
+def test_quantize_lm_head_keeps_the_tied_embedding_float(tmp_path):
+    from llmlite_kernels.models import quantize_lm_head_
+
+    model = tiny_model("llama")
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    embedding = model.model.embed_tokens.weight.detach().clone()
+    ids = tokens()
+    L.quantize_(model, progress=False)
+    with torch.no_grad():
+        ref = model(ids).logits
+    quantize_lm_head_(model, bits=8, group_size=-1)
+    assert isinstance(model.lm_head, L.QuantLinear) and model.lm_head.bits == 8
+    assert torch.equal(model.model.embed_tokens.weight, embedding)
+    with torch.no_grad():
+        out = model(ids).logits
+    assert_close_rel(out, ref, tol=2e-2)  # a W8 head: close to the float head, not equal
+    assert not torch.equal(out, ref)
+    L.save(model, tmp_path)
+    loaded, _ = L.load(tmp_path)
+    assert isinstance(loaded.lm_head, L.QuantLinear)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, out)
+    with pytest.raises(ValueError, match="lm_head"):
+        quantize_lm_head_(model)  # already a QuantLinear

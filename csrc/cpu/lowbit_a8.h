@@ -52,4 +52,43 @@ void gemv_a8(const LowbitWeight& w, const A8Activations& a, const float* bias, f
              int64_t n1);
 }  // namespace avx512_vnni
 
+// The row-interleaved weight of llmlite::lowbit_linear_a8_interleaved (llmlite_kernels/formats/cpu_interleave.py):
+// 16 rows per block; per block, `steps` steps of 64 bytes (16 rows x 4 bytes of 32 / bits codes each).
+constexpr int kInterleaveRows = 16;
+
+// How K splits into steps and into segments (runs of steps that share one weight group and one
+// activation block: min(group, 128) codes).
+struct InterleavedSegments {
+  int64_t step;       // codes per row per step: 32 / bits
+  int64_t steps;      // ceil(K / step)
+  int64_t seg_steps;  // steps per segment (the last may be shorter)
+  int64_t count;      // segments
+  int64_t group;      // codes per weight group (K for per-channel)
+  static InterleavedSegments make(int bits, int64_t group, int64_t K);
+};
+
+struct InterleavedWeight {
+  const uint8_t* weight;  // [N_pad / 16, steps, 16, 4]
+  const float* scale;     // [N_pad / 16, G, 16]
+  const uint8_t* zero;    // [N_pad / 16, G, 16]
+  int64_t N, K, G;
+  int bits;
+  InterleavedSegments seg;
+};
+
+// sums[m, j] = sum of the natural-order xq [M, Kb * 128] over segment j.
+void interleaved_segment_sums(const int8_t* xq, int64_t M, int64_t Kb, const InterleavedSegments& seg,
+                              int32_t* sums);
+
+// out[m, n] for the rows of blocks [b0, b1), every batch row m < a.M, with a.xq in natural order;
+// bias fp32 [N] or nullptr. Same result on both paths (int32 dot products, fp32 epilogue per segment).
+namespace scalar {
+void gemv_a8_interleaved(const InterleavedWeight& w, const A8Activations& a, const int32_t* seg_sums,
+                         const float* bias, float* out, int64_t b0, int64_t b1);
+}  // namespace scalar
+namespace avx512_vnni {
+void gemv_a8_interleaved(const InterleavedWeight& w, const A8Activations& a, const int32_t* seg_sums,
+                         const float* bias, float* out, int64_t b0, int64_t b1);
+}  // namespace avx512_vnni
+
 }  // namespace llmlite::cpu

@@ -18,6 +18,12 @@ at::Tensor lowbit_linear_a8_cpu(const at::Tensor& x, const at::Tensor& weight_pa
                                 const std::optional<at::Tensor>& weight_zero_point,
                                 const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size);
 
+// llmlite::lowbit_linear_a8_interleaved: lowbit_linear_a8 with the weight in the row-interleaved layout
+// (formats/cpu_interleave.py): AVX512-VNNI when the active ISA is avx512 and the CPU has VNNI, else portable C++.
+at::Tensor lowbit_linear_a8_interleaved_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                                            const at::Tensor& zero, const std::optional<at::Tensor>& bias,
+                                            int64_t bits, int64_t group_size, int64_t out_features);
+
 // llmlite::cpu_a8_path: "vnni" when lowbit_linear_a8 of this format runs on VNNI (batches <= 48 rows),
 // else "fake-quant+<isa>".
 std::string cpu_a8_path(int64_t bits, int64_t group_size, int64_t in_features);

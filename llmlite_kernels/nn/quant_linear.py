@@ -1,16 +1,19 @@
 """QuantLinear: a drop-in ``nn.Linear`` whose weight is stored in the packed low-bit format."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from .._checks import check_choice, check_tensor
 from ..formats import PackedWeight, num_groups, packed_words, quantize
+from ..formats.cpu_interleave import INTERLEAVE_BITS, InterleavedWeight, interleave_weight
 from ..formats.lowbit import SCALE_DTYPES, canonical_group_size
 
 ACT_QUANTS = (None, "int8")
+# Batches up to this many rows of int8 activations run the row-interleaved VNNI GEMV on CPU.
+INTERLEAVED_MAX_ROWS = 8
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
@@ -30,7 +33,10 @@ class QuantLinear(nn.Module):
 
     ``act_quant="int8"``: the activations are quantized to int8 on the fly (per row, per block of 128
     inputs) and the layer runs ``torch.ops.llmlite.lowbit_linear_a8`` (VNNI dot products on CPUs that have
-    them); ``None`` (default): float activations.
+    them); ``None`` (default): float activations. On a CPU with AVX512-VNNI, 2/4/8-bit layers with int8
+    activations run batches of up to ``INTERLEAVED_MAX_ROWS`` rows that need no gradient (decoding) on
+    ``lowbit_linear_a8_interleaved`` (same result), with a copy of the weight interleaved 16 rows at a
+    time, built on first use and rebuilt if the weight changes (:meth:`cpu_interleaved`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
@@ -94,9 +100,54 @@ class QuantLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features in its last dimension; expected in_features={self.in_features}")
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self._runs_interleaved(x):
+            iw = self.cpu_interleaved()
+            return torch.ops.llmlite.lowbit_linear_a8_interleaved(x.contiguous(), iw.weight, iw.scale, iw.zero, bias,
+                                                                  self.bits, self.group_size, self.out_features)
         op = torch.ops.llmlite.lowbit_linear_a8 if self.act_quant == "int8" else torch.ops.llmlite.lowbit_linear
         return op(x.contiguous(), self.weight_packed, self.weight_scale, self.weight_zero_point, bias, self.bits,
                   self.group_size)
+
+    def frozen_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``forward`` for no-grad inference with the weights as they are now: the kernel and its arguments
+        are bound once, so each call skips the module's checks and cache lookups (~35 µs per call on a small
+        CPU). For decoding loops; call it again after changing the weights."""
+        bias = None if self.bias is None else self.bias.detach()
+        args = (self.weight_packed, self.weight_scale, self.weight_zero_point, bias, self.bits, self.group_size)
+        op = torch.ops.llmlite.lowbit_linear_a8 if self.act_quant == "int8" else torch.ops.llmlite.lowbit_linear
+        iw = None
+        if self.act_quant == "int8" and self.bits in INTERLEAVE_BITS and self.weight_packed.device.type == "cpu":
+            iw = self.cpu_interleaved()
+        if iw is None:
+            return lambda x: op(x, *args)
+        interleaved = torch.ops.llmlite.lowbit_linear_a8_interleaved
+        iw_args = (iw.weight, iw.scale, iw.zero, bias, self.bits, self.group_size, self.out_features)
+        limit = INTERLEAVED_MAX_ROWS * self.in_features
+        return lambda x: interleaved(x, *iw_args) if 0 < x.numel() <= limit else op(x, *args)
+
+    def _runs_interleaved(self, x: torch.Tensor) -> bool:
+        if self.act_quant != "int8" or x.device.type != "cpu" or self.bits not in INTERLEAVE_BITS:
+            return False
+        if x.numel() > INTERLEAVED_MAX_ROWS * self.in_features or x.numel() == 0:
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):
+            return False  # the interleaved op has no autograd
+        return self.cpu_interleaved() is not None
+
+    def cpu_interleaved(self) -> Optional[InterleavedWeight]:
+        """The weight interleaved for the CPU VNNI GEMV, or None where that kernel does not run (no
+        AVX512-VNNI, or the C++ extension is not loaded). Cached; rebuilt when the weight changes."""
+        key = tuple(None if t is None else (t.data_ptr(), _version(t))
+                    for t in (self.weight_packed, self.weight_scale, self.weight_zero_point))
+        cached = getattr(self, "_interleaved", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        iw = None
+        if self.weight_packed.device.type == "cpu" and vnni_available():
+            iw = interleave_weight(self.weight_packed, self.weight_scale, self.weight_zero_point, self.bits,
+                                   self.group_size, self.in_features)
+        self._interleaved = (key, iw)
+        return iw
 
     def spec(self) -> dict:
         """What ``io`` needs to rebuild this layer."""
@@ -118,6 +169,19 @@ class QuantLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"bits={self.bits}, group_size={group}, symmetric={self.symmetric}"
                 + (f", act_quant={self.act_quant}" if self.act_quant else ""))
+
+
+def _version(t: torch.Tensor) -> int:
+    """The tensor's version counter (inference tensors have none: they count as never modified)."""
+    return -1 if t.is_inference() else t._version
+
+
+def vnni_available() -> bool:
+    """Whether the CPU kernels run AVX512-VNNI now (per-channel W8 is a VNNI format on every CPU that has it)."""
+    try:
+        return torch.ops.llmlite.cpu_a8_path(8, -1, 128) == "vnni"
+    except (AttributeError, RuntimeError, NotImplementedError):  # C++ extension not loaded
+        return False
 
 
 def set_act_quant_(model: nn.Module, act_quant: Optional[str] = "int8") -> int:

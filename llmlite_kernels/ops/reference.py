@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..formats.cpu_interleave import InterleavedWeight, check_interleaved, deinterleave_weight
 from ..formats.lowbit import canonical_group_size, check_packed, dequantize
 from ..formats.mma_repack import MmaRepackedWeight, check_repacked, unrepack_weight
 from ..formats.sparse24 import decompress as sparse24_decompress
@@ -73,6 +74,16 @@ def lowbit_dequantize_ref(weight_packed, weight_scale, weight_zero_point, bits, 
 LIB.impl("lowbit_linear", lowbit_linear_ref, "CompositeExplicitAutograd")
 LIB.impl("lowbit_dequantize", lowbit_dequantize_ref, "CompositeExplicitAutograd")
 LIB.impl("lowbit_linear_a8", lowbit_linear_a8_ref, "CompositeExplicitAutograd")
+
+
+def lowbit_linear_a8_interleaved_ref(x, weight, scale, zero, bias, bits, group_size, out_features):
+    """``lowbit_linear_a8`` of a weight in the CPU GEMV's interleaved order: undo the interleave, then the reference."""
+    check_interleaved(x, weight, scale, zero, bias, bits, group_size, out_features)
+    iw = InterleavedWeight(weight, scale, zero, bits, canonical_group_size(group_size), out_features, x.shape[-1])
+    return lowbit_linear_a8_ref(x, *deinterleave_weight(iw), bias, bits, iw.group_size)
+
+
+LIB.impl("lowbit_linear_a8_interleaved", lowbit_linear_a8_interleaved_ref, "CompositeExplicitAutograd")
 
 
 def lowbit_linear_repacked_ref(x, weight_repacked, scale_repacked, zero_repacked, bias, bits, group_size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import FLOAT_DTYPES, check_tensor
+from ..formats.cpu_interleave import check_interleaved
 from ..formats.lowbit import check_packed
 from ..formats.mma_repack import check_repacked
 from ..formats.sparse24 import check_lowbit_values, check_meta, check_values
@@ -89,6 +90,21 @@ torch.library.register_autograd("llmlite::lowbit_linear", _lowbit_linear_backwar
 # The activation rounding of lowbit_linear_a8 is passed straight through: the same gradients.
 torch.library.register_autograd("llmlite::lowbit_linear_a8", _lowbit_linear_backward,
                                 setup_context=_lowbit_linear_setup)
+
+
+# CPU AVX512-VNNI GEMV (csrc/cpu/lowbit_a8_interleaved.cpp): lowbit_linear_a8 on a weight interleaved
+# once 16 rows at a time (formats/cpu_interleave.py). Same result as lowbit_linear_a8. No autograd:
+# QuantLinear calls it only when no gradient is wanted.
+LIB.define(
+    "lowbit_linear_a8_interleaved(Tensor x, Tensor weight, Tensor scale, Tensor zero, Tensor? bias, int bits, "
+    "int group_size, int out_features) -> Tensor"
+)
+
+
+@torch.library.register_fake("llmlite::lowbit_linear_a8_interleaved")
+def _lowbit_linear_a8_interleaved_fake(x, weight, scale, zero, bias, bits, group_size, out_features):
+    check_interleaved(x, weight, scale, zero, bias, bits, group_size, out_features)
+    return x.new_empty(*x.shape[:-1], out_features)
 
 
 # CUDA C++ tensor-core GEMM (csrc/cuda, ops/cuda_cpp_backend.py): lowbit_linear on a weight repacked

@@ -1,0 +1,184 @@
+// GEMV of int8 activations with a row-interleaved low-bit weight (llmlite::lowbit_linear_a8_interleaved;
+// layout in llmlite_kernels/formats/cpu_interleave.py). The 16 lanes of each int32 vector are 16 output
+// rows, so the whole row block runs with no per-row scalar work and no horizontal reductions, and
+// each thread streams one contiguous run of the weight:
+//   per step (64 bytes): 1 load, 1-2 mask/shift per code plane, 1 vpdpbusd per plane and batch row;
+//   per segment (codes sharing one weight scale and one activation scale, min(group, 128) codes):
+//   out16 += s16 * sx * (dot16 - z16 * sum(xq of the segment)).
+// A portable scalar path computes the same thing on CPUs without AVX512-VNNI.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include <immintrin.h>
+
+#include "cpu/lowbit_a8.h"
+
+namespace llmlite::cpu {
+
+InterleavedSegments InterleavedSegments::make(int bits, int64_t group, int64_t K) {
+  InterleavedSegments s{};
+  s.step = 32 / bits;
+  s.steps = (K + s.step - 1) / s.step;
+  const int64_t seg_codes = std::min<int64_t>(group, kA8Block);
+  // a per-channel row shorter than one activation block is one segment, whatever its length
+  s.seg_steps = seg_codes % s.step == 0 ? seg_codes / s.step : s.steps;
+  s.count = (s.steps + s.seg_steps - 1) / s.seg_steps;
+  s.group = group;
+  return s;
+}
+
+void interleaved_segment_sums(const int8_t* xq, int64_t M, int64_t Kb, const InterleavedSegments& seg,
+                              int32_t* sums) {
+  for (int64_t m = 0; m < M; ++m) {
+    const int8_t* x = xq + m * Kb * kA8Block;
+    for (int64_t j = 0; j < seg.count; ++j) {
+      const int64_t k0 = j * seg.seg_steps * seg.step;
+      const int64_t k1 = std::min(seg.steps, (j + 1) * seg.seg_steps) * seg.step;
+      int32_t t = 0;
+      for (int64_t k = k0; k < k1; ++k) t += x[k];
+      sums[m * seg.count + j] = t;
+    }
+  }
+}
+
+namespace scalar {
+
+void gemv_a8_interleaved(const InterleavedWeight& w, const A8Activations& a, const int32_t* seg_sums,
+                         const float* bias, float* out, int64_t b0, int64_t b1) {
+  const InterleavedSegments& seg = w.seg;
+  const int per_byte = 8 / w.bits;
+  const int mask = (1 << w.bits) - 1;
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* blk = w.weight + b * seg.steps * 64;
+    for (int r = 0; r < kInterleaveRows; ++r) {
+      const int64_t n = b * kInterleaveRows + r;
+      if (n >= w.N) break;
+      for (int64_t m = 0; m < a.M; ++m) {
+        const int8_t* x = a.xq + m * a.Kb * kA8Block;
+        float acc = 0.f;
+        for (int64_t j = 0; j < seg.count; ++j) {
+          const int64_t s0 = j * seg.seg_steps, s1 = std::min(seg.steps, s0 + seg.seg_steps);
+          int32_t dot = 0;
+          for (int64_t s = s0; s < s1; ++s)
+            for (int byte = 0; byte < 4; ++byte) {
+              const int v = blk[s * 64 + r * 4 + byte];
+              for (int p = 0; p < per_byte; ++p) dot += ((v >> (p * w.bits)) & mask) * x[s * seg.step + 4 * p + byte];
+            }
+          const int64_t k0 = s0 * seg.step;
+          const int64_t g = k0 / seg.group;
+          const float sc = w.scale[(b * w.G + g) * kInterleaveRows + r];
+          const float z = w.zero[(b * w.G + g) * kInterleaveRows + r];
+          acc += sc * a.sx[m * a.Kb + k0 / kA8Block] *
+                 (static_cast<float>(dot) - z * static_cast<float>(seg_sums[m * seg.count + j]));
+        }
+        out[m * w.N + n] = acc + (bias != nullptr ? bias[n] : 0.f);
+      }
+    }
+  }
+}
+
+}  // namespace scalar
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+
+namespace avx512_vnni {
+namespace {
+
+inline __m512i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// dot[m] += the step's 16 rows x (32 / BITS) codes times the matching activations of batch row m.
+// Two int32 accumulators per batch row (even/odd planes) keep two vpdpbusd chains in flight.
+template <int BITS, int MB>
+inline __attribute__((always_inline)) void step_dot(const uint8_t* p, const int8_t* const* x, int64_t k0,
+                                                    __m512i (&dot)[MB][2]) {
+  const __m512i v = _mm512_loadu_si512(p);
+  constexpr int kPlanes = 8 / BITS;
+  const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1));
+#pragma GCC unroll 4
+  for (int pl = 0; pl < kPlanes; ++pl) {
+    const __m512i codes = BITS == 8 ? v : _mm512_and_si512(pl == 0 ? v : _mm512_srli_epi16(v, pl * BITS), mask);
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m)
+      dot[m][pl & 1] = _mm512_dpbusd_epi32(dot[m][pl & 1], codes, bcast4(x[m] + k0 + 4 * pl));
+  }
+}
+
+template <int BITS, int MB>
+void row_blocks(const InterleavedWeight& w, const A8Activations& a, int64_t m0, const int32_t* seg_sums,
+                const float* bias, float* out, int64_t b0, int64_t b1) {
+  const InterleavedSegments& seg = w.seg;
+  const int8_t* x[MB];
+  for (int m = 0; m < MB; ++m) x[m] = a.xq + (m0 + m) * a.Kb * kA8Block;
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* p = w.weight + b * seg.steps * 64;
+    __m512 acc[MB];
+    for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
+    int64_t g = 0, blk = 0;  // the segment's weight group and activation block (counted: no division)
+    for (int64_t j = 0; j < seg.count; ++j) {
+      const int64_t s0 = j * seg.seg_steps, s1 = std::min(seg.steps, s0 + seg.seg_steps);
+      const int64_t k0 = s0 * seg.step;
+      while (k0 >= (g + 1) * seg.group) ++g;
+      while (k0 >= (blk + 1) * kA8Block) ++blk;
+      __m512i dot[MB][2], odd[MB][2];  // even and odd steps: four vpdpbusd chains per batch row
+      for (int m = 0; m < MB; ++m) dot[m][0] = dot[m][1] = odd[m][0] = odd[m][1] = _mm512_setzero_si512();
+      int64_t s = s0;
+      for (; s + 1 < s1; s += 2) {
+        step_dot<BITS, MB>(p + s * 64, x, s * seg.step, dot);
+        step_dot<BITS, MB>(p + (s + 1) * 64, x, (s + 1) * seg.step, odd);
+      }
+      if (s < s1) step_dot<BITS, MB>(p + s * 64, x, s * seg.step, dot);
+      const int64_t meta = (b * w.G + g) * kInterleaveRows;
+      const __m512 sc = _mm512_loadu_ps(w.scale + meta);
+      const __m512 z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zero + meta))));
+      for (int m = 0; m < MB; ++m) {
+        const int64_t mm = m0 + m;
+        const __m512 d = _mm512_cvtepi32_ps(
+            _mm512_add_epi32(_mm512_add_epi32(dot[m][0], dot[m][1]), _mm512_add_epi32(odd[m][0], odd[m][1])));
+        const __m512 t = _mm512_fnmadd_ps(z, _mm512_set1_ps(static_cast<float>(seg_sums[mm * seg.count + j])), d);
+        acc[m] = _mm512_fmadd_ps(t, _mm512_mul_ps(sc, _mm512_set1_ps(a.sx[mm * a.Kb + blk])), acc[m]);
+      }
+    }
+    const int64_t n = b * kInterleaveRows;
+    const int rows = static_cast<int>(std::min<int64_t>(kInterleaveRows, w.N - n));
+    const __mmask16 k = static_cast<__mmask16>(rows == 16 ? 0xFFFF : (1u << rows) - 1);
+    const __m512 bv = bias != nullptr ? _mm512_maskz_loadu_ps(k, bias + n) : _mm512_setzero_ps();
+    for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(out + (m0 + m) * w.N + n, k, _mm512_add_ps(acc[m], bv));
+  }
+}
+
+// Batch rows in passes of up to 4 (4 x 2 int32 + 4 float accumulators stay in registers).
+template <int BITS>
+void all_rows(const InterleavedWeight& w, const A8Activations& a, const int32_t* seg_sums, const float* bias,
+              float* out, int64_t b0, int64_t b1) {
+  for (int64_t m0 = 0; m0 < a.M; m0 += 4) {
+    switch (std::min<int64_t>(4, a.M - m0)) {
+      case 1: row_blocks<BITS, 1>(w, a, m0, seg_sums, bias, out, b0, b1); break;
+      case 2: row_blocks<BITS, 2>(w, a, m0, seg_sums, bias, out, b0, b1); break;
+      case 3: row_blocks<BITS, 3>(w, a, m0, seg_sums, bias, out, b0, b1); break;
+      default: row_blocks<BITS, 4>(w, a, m0, seg_sums, bias, out, b0, b1); break;
+    }
+  }
+}
+
+}  // namespace
+
+void gemv_a8_interleaved(const InterleavedWeight& w, const A8Activations& a, const int32_t* seg_sums,
+                         const float* bias, float* out, int64_t b0, int64_t b1) {
+  switch (w.bits) {
+    case 2: all_rows<2>(w, a, seg_sums, bias, out, b0, b1); break;
+    case 4: all_rows<4>(w, a, seg_sums, bias, out, b0, b1); break;
+    default: all_rows<8>(w, a, seg_sums, bias, out, b0, b1); break;
+  }
+}
+
+}  // namespace avx512_vnni
+
+#pragma GCC pop_options
+
+}  // namespace llmlite::cpu
