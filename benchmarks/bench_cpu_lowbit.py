@@ -31,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import llmlite_kernels.ops  # noqa: E402,F401  (registers torch.ops.llmlite.*)
 from llmlite_kernels.formats.bitpack import packed_words  # noqa: E402
+from llmlite_kernels.formats.cpu_interleave import interleave_weight  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]  # (in_features K, out_features N)
 BATCHES = [1, 8, 512]
@@ -43,6 +44,7 @@ class Op:
     prepare: Callable  # (K, N, M) -> (x, weights tuple); untimed
     compute: Callable  # (x, weights) -> out
     nbytes: Callable  # (K, N) -> bytes of weights read per call
+    max_batch: int = 1 << 30  # larger M is not this op's job (skipped)
 
 
 def _lowbit_prepare(bits):
@@ -64,6 +66,23 @@ def _lowbit_compute(x, w):
 def _lowbit_a8_compute(x, w):
     packed, scale, zero, bits = w
     return torch.ops.llmlite.lowbit_linear_a8(x, packed, scale, zero, None, bits, GROUP)
+
+
+def _interleaved_prepare(bits):
+    def prepare(k, n, m):
+        x, (packed, scale, zero, _) = _lowbit_prepare(bits)(k, n, m)
+        iw = interleave_weight(packed, scale, zero, bits, GROUP, k)
+        return x, (iw.weight, iw.scale, iw.zero, bits, n)
+    return prepare
+
+
+def _interleaved_compute(x, w):
+    weight, scale, zero, bits, n = w
+    return torch.ops.llmlite.lowbit_linear_a8_interleaved(x, weight, scale, zero, None, bits, GROUP, n)
+
+
+def _interleaved_bytes(bits):  # codes + fp32 scales + uint8 zero points
+    return lambda k, n: n * math.ceil(k * bits / 32) * 4 + n * math.ceil(k / GROUP) * 5
 
 
 def _lowbit_bytes(bits):
@@ -89,6 +108,9 @@ def _int4_compute(x, w):
 
 OPS = [Op(f"ours W{b}", _lowbit_prepare(b), _lowbit_compute, _lowbit_bytes(b)) for b in (4, 3, 2, 8)] + [
     Op(f"ours W{b}A8", _lowbit_prepare(b), _lowbit_a8_compute, _lowbit_bytes(b)) for b in (4, 2, 8)] + [
+    # the layout QuantLinear decodes with (int8 activations, AVX512-VNNI, batches <= 8 rows)
+    Op(f"ours W{b}A8-il", _interleaved_prepare(b), _interleaved_compute, _interleaved_bytes(b), max_batch=8)
+    for b in (4, 2, 8)] + [
     Op("torch fp32", _dense_prepare(torch.float32), lambda x, w: F.linear(x, w[0]), lambda k, n: 4 * n * k),
     Op("torch bf16", _dense_prepare(torch.bfloat16), lambda x, w: F.linear(x, w[0]), lambda k, n: 2 * n * k),
     Op("torch int4", _int4_prepare, _int4_compute, lambda k, n: n * k // 2 + n * (k // GROUP) * 4),
@@ -154,16 +176,17 @@ def run(shapes, batches, ops, cold_bytes, min_time, out=print):
     rows = []
     for k, n in shapes:
         for m in batches:
+            cell_ops = [op for op in ops if m <= op.max_batch]
             for mode in (("cold", "hot") if m <= 8 else ("hot",)):
-                times = {op.name: time_op(op, k, n, m, mode == "cold", cold_bytes, min_time) for op in ops}
-                for op in ops:
+                times = {op.name: time_op(op, k, n, m, mode == "cold", cold_bytes, min_time) for op in cell_ops}
+                for op in cell_ops:
                     t = times[op.name]
                     gbps = op.nbytes(k, n) / t / 1e9
                     rows.append(dict(shape=f"{k}->{n}", M=m, mode=mode, op=op.name, us=t * 1e6, gbps=gbps,
                                      roof=100 * gbps / bw,
                                      vs_fp32=times.get("torch fp32", math.nan) / t,
                                      vs_int4=times.get("torch int4", math.nan) / t))
-                _print_rows(rows[-len(ops):], out)
+                _print_rows(rows[-len(cell_ops):], out)
     return bw, rows
 
 
