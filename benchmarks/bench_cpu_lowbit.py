@@ -110,7 +110,7 @@ OPS = [Op(f"ours W{b}", _lowbit_prepare(b), _lowbit_compute, _lowbit_bytes(b)) f
     Op(f"ours W{b}A8", _lowbit_prepare(b), _lowbit_a8_compute, _lowbit_bytes(b)) for b in (4, 2, 8)] + [
     # the layout QuantLinear decodes with (int8 activations, AVX512-VNNI, batches <= 8 rows)
     Op(f"ours W{b}A8-il", _interleaved_prepare(b), _interleaved_compute, _interleaved_bytes(b), max_batch=8)
-    for b in (4, 2, 8)] + [
+    for b in (4, 3, 2, 8)] + [
     Op("torch fp32", _dense_prepare(torch.float32), lambda x, w: F.linear(x, w[0]), lambda k, n: 4 * n * k),
     Op("torch bf16", _dense_prepare(torch.bfloat16), lambda x, w: F.linear(x, w[0]), lambda k, n: 2 * n * k),
     Op("torch int4", _int4_prepare, _int4_compute, lambda k, n: n * k // 2 + n * (k // GROUP) * 4),

@@ -1,6 +1,6 @@
 """The row-interleaved CPU layout (formats/cpu_interleave.py) and its op lowbit_linear_a8_interleaved (the
-AVX512-VNNI GEMV where the CPU has it, the portable C++ path under every forced ISA), and how QuantLinear
-uses it. The op must give lowbit_linear_a8's result for every bits/group/symmetry and activation dtype.
+AVX512-VNNI GEMV where the CPU has it, the portable C++ path under every forced ISA; 2, 3, 4 and 8 bits), and
+how QuantLinear uses it. The op must give lowbit_linear_a8's result for every bits/group/symmetry and activation dtype.
 
 Shapes: N = 1000 and 17 (partial 16-row blocks), K = 100, 300, 576 (partial steps, groups and activation
 blocks), M in {1, 3, 5, 8} (batch rows are taken 4 at a time).
@@ -36,12 +36,13 @@ def test_interleave_round_trip(bits, group_size):
         packed, scale, zero = make(n, k, bits, group_size, symmetric=False)
         iw = interleave_weight(packed, scale, zero, bits, group_size, k)
         step = step_codes(bits)
-        assert iw.weight.shape == (-(-n // ROWS), -(-k // step), ROWS, 4) and iw.weight.dtype == torch.uint8
+        vectors = -(-k // step) * (3 if bits == 3 else 1)
+        assert iw.weight.shape == (-(-n // ROWS), vectors, ROWS, 4) and iw.weight.dtype == torch.uint8
         back = deinterleave_weight(iw)
         assert torch.equal(back[0], packed) and torch.equal(back[1], scale.float()) and torch.equal(back[2], zero)
 
 
-@pytest.mark.parametrize("bits", INTERLEAVE_BITS)
+@pytest.mark.parametrize("bits", [2, 4, 8])
 def test_interleave_layout_by_hand(bits):
     """Code k0 + 4p + j of row r sits in byte j of row r's 4 bytes of the step, at bits [p*bits, (p+1)*bits)."""
     step = step_codes(bits)
@@ -52,6 +53,21 @@ def test_interleave_layout_by_hand(bits):
         p, j = divmod(off, 4)
         assert (int(il[0, s, r, j]) >> (p * bits)) & ((1 << bits) - 1) == int(codes[r, k])
     assert torch.equal(deinterleave_codes(il, bits, ROWS, 2 * step), codes)
+
+
+def test_interleave_layout_by_hand_3bit():
+    """W3 step of 32 codes: low 2 bits as W2 in vectors 0 (codes 0..15) and 1 (16..31); high bit of code
+    4b + j in vector 2, byte j, bit b."""
+    codes = torch.randint(0, 8, (ROWS, 64), dtype=torch.uint8)
+    il = interleave_codes(codes, 3)
+    assert il.shape == (1, 6, ROWS, 4)
+    for r, k in ((0, 0), (5, 23), (15, 31), (9, 40), (2, 63)):
+        s, off = divmod(k, 32)
+        half, o = divmod(off, 16)
+        low = (int(il[0, 3 * s + half, r, o % 4]) >> (2 * (o // 4))) & 3
+        high = (int(il[0, 3 * s + 2, r, off % 4]) >> (off // 4)) & 1
+        assert low + 4 * high == int(codes[r, k])
+    assert torch.equal(deinterleave_codes(il, 3, ROWS, 64), codes)
 
 
 def test_symmetric_weights_get_the_midpoint_zero():
@@ -113,7 +129,7 @@ def test_rejects_bad_input():
     x = torch.randn(2, 64)
     cases = [
         (lambda t: op(x.double(), weight, scale, zero, None, 4, 32, 20), TypeError, "x has dtype float64"),
-        (lambda t: op(x, weight, scale, zero, None, 3, 32, 20), ValueError, "bits=3"),
+        (lambda t: op(x, weight, scale, zero, None, 5, 32, 20), ValueError, "bits=5"),
         (lambda t: op(x, weight, scale, zero, None, 4, 48, 20), ValueError, "group_size=48"),
         (lambda t: op(x, weight, scale, zero, None, 4, 32, 40), ValueError, "weight has shape"),
         (lambda t: op(x, weight.int(), scale, zero, None, 4, 32, 20), TypeError, "weight has dtype int32"),

@@ -53,13 +53,15 @@ void gemv_a8(const LowbitWeight& w, const A8Activations& a, const float* bias, f
 }  // namespace avx512_vnni
 
 // The row-interleaved weight of llmlite::lowbit_linear_a8_interleaved (llmlite_kernels/formats/cpu_interleave.py):
-// 16 rows per block; per block, `steps` steps of 64 bytes (16 rows x 4 bytes of 32 / bits codes each).
+// 16 rows per block; per block, `steps` steps of 64 bytes (16 rows x 4 bytes of 32 / bits codes each; W3:
+// 192 bytes, 32 codes split into a 2-bit and a 1-bit plane).
 constexpr int kInterleaveRows = 16;
 
 // How K splits into steps and into segments (runs of steps that share one weight group and one
 // activation block: min(group, 128) codes).
 struct InterleavedSegments {
-  int64_t step;       // codes per row per step: 32 / bits
+  int64_t step;       // codes per row per step: 32 / bits (32 for 3 bits)
+  int64_t step_bytes; // bytes per step of a row block: 64 (192 for 3 bits)
   int64_t steps;      // ceil(K / step)
   int64_t seg_steps;  // steps per segment (the last may be shorter)
   int64_t count;      // segments
@@ -68,7 +70,7 @@ struct InterleavedSegments {
 };
 
 struct InterleavedWeight {
-  const uint8_t* weight;  // [N_pad / 16, steps, 16, 4]
+  const uint8_t* weight;  // [N_pad / 16, steps * step_bytes / 64, 16, 4]
   const float* scale;     // [N_pad / 16, G, 16]
   const uint8_t* zero;    // [N_pad / 16, G, 16]
   int64_t N, K, G;

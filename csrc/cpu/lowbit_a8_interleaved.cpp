@@ -2,7 +2,8 @@
 // layout in llmlite_kernels/formats/cpu_interleave.py). The 16 lanes of each int32 vector are 16 output
 // rows, so the whole row block runs with no per-row scalar work and no horizontal reductions, and
 // each thread streams one contiguous run of the weight:
-//   per step (64 bytes): 1 load, 1-2 mask/shift per code plane, 1 vpdpbusd per plane and batch row;
+//   per step (64 bytes; 192 for W3): 1 load per 64 bytes, 1-2 mask/shift per code plane, 1 vpdpbusd per
+//   plane and batch row;
 //   per segment (codes sharing one weight scale and one activation scale, min(group, 128) codes):
 //   out16 += s16 * sx * (dot16 - z16 * sum(xq of the segment)).
 // A portable scalar path computes the same thing on CPUs without AVX512-VNNI.
@@ -18,7 +19,8 @@ namespace llmlite::cpu {
 
 InterleavedSegments InterleavedSegments::make(int bits, int64_t group, int64_t K) {
   InterleavedSegments s{};
-  s.step = 32 / bits;
+  s.step = bits == 3 ? 32 : 32 / bits;
+  s.step_bytes = bits == 3 ? 3 * 64 : 64;
   s.steps = (K + s.step - 1) / s.step;
   const int64_t seg_codes = std::min<int64_t>(group, kA8Block);
   // a per-channel row shorter than one activation block is one segment, whatever its length
@@ -43,14 +45,25 @@ void interleaved_segment_sums(const int8_t* xq, int64_t M, int64_t Kb, const Int
 }
 
 namespace scalar {
+namespace {
+
+// Code `off` (0 .. step-1) of row r in one step of a row block (the layout of formats/cpu_interleave.py).
+inline int step_code(const uint8_t* step, int bits, int r, int off) {
+  if (bits == 3) {
+    const int low = (step[(off / 16) * 64 + r * 4 + off % 4] >> (2 * ((off % 16) / 4))) & 3;
+    const int high = (step[128 + r * 4 + off % 4] >> (off / 4)) & 1;
+    return low + 4 * high;
+  }
+  return (step[r * 4 + off % 4] >> ((off / 4) * bits)) & ((1 << bits) - 1);
+}
+
+}  // namespace
 
 void gemv_a8_interleaved(const InterleavedWeight& w, const A8Activations& a, const int32_t* seg_sums,
                          const float* bias, float* out, int64_t b0, int64_t b1) {
   const InterleavedSegments& seg = w.seg;
-  const int per_byte = 8 / w.bits;
-  const int mask = (1 << w.bits) - 1;
   for (int64_t b = b0; b < b1; ++b) {
-    const uint8_t* blk = w.weight + b * seg.steps * 64;
+    const uint8_t* blk = w.weight + b * seg.steps * seg.step_bytes;
     for (int r = 0; r < kInterleaveRows; ++r) {
       const int64_t n = b * kInterleaveRows + r;
       if (n >= w.N) break;
@@ -61,10 +74,8 @@ void gemv_a8_interleaved(const InterleavedWeight& w, const A8Activations& a, con
           const int64_t s0 = j * seg.seg_steps, s1 = std::min(seg.steps, s0 + seg.seg_steps);
           int32_t dot = 0;
           for (int64_t s = s0; s < s1; ++s)
-            for (int byte = 0; byte < 4; ++byte) {
-              const int v = blk[s * 64 + r * 4 + byte];
-              for (int p = 0; p < per_byte; ++p) dot += ((v >> (p * w.bits)) & mask) * x[s * seg.step + 4 * p + byte];
-            }
+            for (int off = 0; off < seg.step; ++off)
+              dot += step_code(blk + s * seg.step_bytes, w.bits, r, off) * x[s * seg.step + off];
           const int64_t k0 = s0 * seg.step;
           const int64_t g = k0 / seg.group;
           const float sc = w.scale[(b * w.G + g) * kInterleaveRows + r];
@@ -94,11 +105,45 @@ inline __m512i bcast4(const int8_t* p) {
 
 // dot[m] += the step's 16 rows x (32 / BITS) codes times the matching activations of batch row m.
 // Two int32 accumulators per batch row (even/odd planes) keep two vpdpbusd chains in flight.
+constexpr int64_t step_bytes(int bits) { return bits == 3 ? 3 * 64 : 64; }
+
+// W3: two W2 vectors of low bits (codes k0..15, k0+16..31), then the high bits, whose plane b is moved
+// to bit 2 of each byte (= 4 * hi) by one shift, so it joins the same accumulators.
+template <int MB>
+inline __attribute__((always_inline)) void step_dot3(const uint8_t* p, const int8_t* const* x, int64_t k0,
+                                                     __m512i (&dot)[MB][2]) {
+  const __m512i mask2 = _mm512_set1_epi8(3), bit2 = _mm512_set1_epi8(4);
+#pragma GCC unroll 2
+  for (int half = 0; half < 2; ++half) {
+    const __m512i v = _mm512_loadu_si512(p + 64 * half);
+#pragma GCC unroll 4
+    for (int pl = 0; pl < 4; ++pl) {
+      const __m512i codes = _mm512_and_si512(pl == 0 ? v : _mm512_srli_epi16(v, 2 * pl), mask2);
+#pragma GCC unroll 4
+      for (int m = 0; m < MB; ++m)
+        dot[m][pl & 1] = _mm512_dpbusd_epi32(dot[m][pl & 1], codes, bcast4(x[m] + k0 + 16 * half + 4 * pl));
+    }
+  }
+  const __m512i hi = _mm512_loadu_si512(p + 128);
+#pragma GCC unroll 8
+  for (int b = 0; b < 8; ++b) {  // epi16 shifts: bit 2 of each byte comes from bit b of the same byte
+    const __m512i moved = b < 2 ? _mm512_slli_epi16(hi, 2 - b) : b == 2 ? hi : _mm512_srli_epi16(hi, b - 2);
+    const __m512i codes = _mm512_and_si512(moved, bit2);
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m)
+      dot[m][b & 1] = _mm512_dpbusd_epi32(dot[m][b & 1], codes, bcast4(x[m] + k0 + 4 * b));
+  }
+}
+
 template <int BITS, int MB>
 inline __attribute__((always_inline)) void step_dot(const uint8_t* p, const int8_t* const* x, int64_t k0,
                                                     __m512i (&dot)[MB][2]) {
+  if constexpr (BITS == 3) {
+    step_dot3<MB>(p, x, k0, dot);
+    return;
+  }
   const __m512i v = _mm512_loadu_si512(p);
-  constexpr int kPlanes = 8 / BITS;
+  constexpr int kPlanes = BITS == 3 ? 1 : 8 / BITS;
   const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1));
 #pragma GCC unroll 4
   for (int pl = 0; pl < kPlanes; ++pl) {
@@ -121,7 +166,8 @@ void row_blocks(const InterleavedWeight& w, const A8Activations& a, int64_t m0, 
   const int8_t* x[MB];
   for (int m = 0; m < MB; ++m) x[m] = a.xq + (m0 + m) * a.Kb * kA8Block;
   for (int64_t b = b0; b < b1; ++b) {
-    const uint8_t* p = w.weight + b * seg.steps * 64;
+    constexpr int64_t kStep = step_bytes(BITS);
+    const uint8_t* p = w.weight + b * seg.steps * kStep;
     __m512 acc[MB];
     for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
     int64_t g = 0, blk = 0;  // the segment's weight group and activation block (counted: no division)
@@ -134,12 +180,12 @@ void row_blocks(const InterleavedWeight& w, const A8Activations& a, int64_t m0, 
       for (int m = 0; m < MB; ++m) dot[m][0] = dot[m][1] = odd[m][0] = odd[m][1] = _mm512_setzero_si512();
       int64_t s = s0;
       for (; s + 1 < s1; s += 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + s * 64 + kPrefetchBytes), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(p + s * 64 + 64 + kPrefetchBytes), _MM_HINT_T1);
-        step_dot<BITS, MB>(p + s * 64, x, s * seg.step, dot);
-        step_dot<BITS, MB>(p + (s + 1) * 64, x, (s + 1) * seg.step, odd);
+        for (int64_t line = 0; line < 2 * kStep; line += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(p + s * kStep + line + kPrefetchBytes), _MM_HINT_T1);
+        step_dot<BITS, MB>(p + s * kStep, x, s * seg.step, dot);
+        step_dot<BITS, MB>(p + (s + 1) * kStep, x, (s + 1) * seg.step, odd);
       }
-      if (s < s1) step_dot<BITS, MB>(p + s * 64, x, s * seg.step, dot);
+      if (s < s1) step_dot<BITS, MB>(p + s * kStep, x, s * seg.step, dot);
       const int64_t meta = (b * w.G + g) * kInterleaveRows;
       const __m512 sc = _mm512_loadu_ps(w.scale + meta);
       const __m512 z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zero + meta))));
@@ -179,6 +225,7 @@ void gemv_a8_interleaved(const InterleavedWeight& w, const A8Activations& a, con
                          const float* bias, float* out, int64_t b0, int64_t b1) {
   switch (w.bits) {
     case 2: all_rows<2>(w, a, seg_sums, bias, out, b0, b1); break;
+    case 3: all_rows<3>(w, a, seg_sums, bias, out, b0, b1); break;
     case 4: all_rows<4>(w, a, seg_sums, bias, out, b0, b1); break;
     default: all_rows<8>(w, a, seg_sums, bias, out, b0, b1); break;
   }

@@ -263,7 +263,8 @@ at::Tensor lowbit_linear_a8_interleaved_cpu(const at::Tensor& x, const at::Tenso
   check_cpu_tensor(x, "x");
   check_dtype(x, "x", {at::kFloat, at::kHalf, at::kBFloat16});
   TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
-  TORCH_CHECK_VALUE(bits == 2 || bits == 4 || bits == 8, "bits=", bits, " is not supported; accepted: 2, 4, 8");
+  TORCH_CHECK_VALUE(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits=", bits,
+                    " is not supported; accepted: 2, 3, 4, 8");
   TORCH_CHECK_VALUE(group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256 || group_size == -1,
                     "group_size=", group_size, " is not supported; accepted: 32, 64, 128, 256, -1");
   TORCH_CHECK_VALUE(out_features >= 1, "out_features must be >= 1, got ", out_features);
@@ -278,8 +279,9 @@ at::Tensor lowbit_linear_a8_interleaved_cpu(const at::Tensor& x, const at::Tenso
   check_dtype(weight, "weight", {at::kByte});
   check_dtype(scale, "scale", {at::kFloat});
   check_dtype(zero, "zero", {at::kByte});
-  TORCH_CHECK_VALUE(weight.sizes() == at::IntArrayRef({blocks, seg.steps, kInterleaveRows, 4}), "weight has shape ",
-                    weight.sizes(), "; expected [", blocks, ", ", seg.steps, ", 16, 4]");
+  const int64_t vectors = seg.steps * seg.step_bytes / 64;
+  TORCH_CHECK_VALUE(weight.sizes() == at::IntArrayRef({blocks, vectors, kInterleaveRows, 4}), "weight has shape ",
+                    weight.sizes(), "; expected [", blocks, ", ", vectors, ", 16, 4]");
   for (const auto& [t, name] : {parts[1], parts[2]})
     TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({blocks, groups, kInterleaveRows}), name, " has shape ",
                       t->sizes(), "; expected [", blocks, ", ", groups, ", 16]");

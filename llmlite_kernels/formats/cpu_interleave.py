@@ -1,7 +1,8 @@
 """Interleave the stored low-bit format for the CPU VNNI GEMV (``csrc/cpu/lowbit_a8_interleaved.cpp``), and back.
 
 This file defines the layout that kernel reads (pure torch; done once per layer, cached by QuantLinear).
-Only 2-, 4- and 8-bit codes (one VNNI byte lane holds 4 / 2 / 1 codes whole).
+2-, 4- and 8-bit codes (one VNNI byte lane holds 4 / 2 / 1 codes whole), and 3-bit codes split into a
+2-bit plane and a 1-bit plane (``q = lo + 4 * hi``).
 
 Output rows are taken 16 at a time ("row blocks", N padded with zero rows to ``N_pad``): the 16 lanes of
 one int32 AVX-512 vector are the 16 rows, so one ``vpdpbusd`` adds 4 products to each of 16 rows, group
@@ -13,10 +14,14 @@ bytes, 4 per row:
 * W4: byte ``j`` holds code ``k0 + j`` in its low nibble and ``k0 + 4 + j`` in its high nibble.
 * W2: byte ``j`` holds code ``k0 + 4p + j`` at bits ``[2p, 2p + 2)``, p = 0..3.
 
+* W3: a step is 32 codes in three 64-byte vectors: the low 2 bits of codes ``k0 .. k0 + 15`` and of
+  ``k0 + 16 .. k0 + 31``, each as W2 above, then the high bits, byte ``j`` holding the high bit of code
+  ``k0 + 4b + j`` at bit ``b``, b = 0..7.
+
 So one mask-and-shift per plane gives 16 rows x 4 consecutive codes, which meet 4 consecutive int8
 activations broadcast to every lane.
 
-Weight: uint8 ``[N_pad / 16, K_pad / STEP, 16, 4]``. Scales: float32 ``[N_pad / 16, G, 16]``; zero points:
+Weight: uint8 ``[N_pad / 16, K_pad / STEP * VECTORS, 16, 4]`` (VECTORS = 3 for W3, else 1). Scales: float32 ``[N_pad / 16, G, 16]``; zero points:
 uint8 ``[N_pad / 16, G, 16]`` (symmetric weights get ``2**(bits-1)``, which dequantizes identically).
 Padded rows have scale 0.
 """
@@ -31,19 +36,24 @@ from .bitpack import pack_codes, unpack_codes
 from .lowbit import canonical_group_size, check_packed, num_groups
 
 ROWS = 16
-INTERLEAVE_BITS = (2, 4, 8)
+INTERLEAVE_BITS = (2, 3, 4, 8)
 
 
 def step_codes(bits: int) -> int:
-    """Codes of one row per 4-byte step."""
-    return 32 // bits
+    """Codes of one row per step."""
+    return 32 if bits == 3 else 32 // bits
+
+
+def step_vectors(bits: int) -> int:
+    """64-byte vectors (16 rows x 4 bytes) per step of a row block."""
+    return 3 if bits == 3 else 1
 
 
 @dataclass
 class InterleavedWeight:
     """A low-bit weight in the CPU VNNI GEMV's row-interleaved order (see the module docstring)."""
 
-    weight: torch.Tensor       # uint8 [N_pad/16, K_pad/STEP, 16, 4]
+    weight: torch.Tensor       # uint8 [N_pad/16, K_pad/STEP * VECTORS, 16, 4]
     scale: torch.Tensor        # float32 [N_pad/16, G, 16]
     zero: torch.Tensor         # uint8 [N_pad/16, G, 16]
     bits: int
@@ -62,25 +72,41 @@ def _row_blocks(t: torch.Tensor, n_pad: int) -> torch.Tensor:
     return t.unflatten(0, (n_pad // ROWS, ROWS)).transpose(1, 2).contiguous()
 
 
+def _planes(c: torch.Tensor, bits: int, step: int) -> torch.Tensor:
+    """int32 codes [N_pad, K_pad] (K_pad a multiple of step) -> [N_pad/16, K_pad/step, 16, 4] bytes in which
+    code k0 + 4p + j of a row sits in byte j at bits [p*bits, (p+1)*bits)."""
+    c = c.unflatten(1, (-1, step // 4, 4)).unflatten(0, (-1, ROWS))  # [blocks, 16, steps, planes, 4]
+    shifts = (torch.arange(step // 4, dtype=torch.int32) * bits).view(1, 1, 1, -1, 1)
+    return (c << shifts).sum(dim=3).transpose(1, 2)  # planes occupy disjoint bits of the byte
+
+
+def _unplanes(b: torch.Tensor, bits: int, step: int) -> torch.Tensor:
+    """Inverse of :func:`_planes`: int32 codes [N_pad, K_pad]."""
+    b = b.to(torch.int32).transpose(1, 2)  # [blocks, 16, steps, 4]
+    shifts = (torch.arange(step // 4, dtype=torch.int32) * bits).view(1, 1, 1, -1, 1)
+    return ((b.unsqueeze(3) >> shifts) & ((1 << bits) - 1)).flatten(2).flatten(0, 1)
+
+
 def interleave_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes [N, K] -> the interleaved uint8 [N_pad/16, K_pad/STEP, 16, 4]."""
+    """uint8 codes [N, K] -> the interleaved uint8 [N_pad/16, K_pad/STEP * VECTORS, 16, 4]."""
     n, k = codes.shape
     step = step_codes(bits)
     c = torch.nn.functional.pad(codes.to(torch.int32), (0, _padded(k, step) - k, 0, _padded(n, ROWS) - n))
-    # [blocks, 16, steps, planes, 4]: code k0 + 4p + j sits in plane p, byte j
-    c = c.unflatten(1, (-1, step // 4, 4)).unflatten(0, (-1, ROWS))
-    shifts = (torch.arange(step // 4, dtype=torch.int32) * bits).view(1, 1, 1, -1, 1)
-    packed = (c << shifts).sum(dim=3)  # planes occupy disjoint bits of the byte
-    return packed.transpose(1, 2).to(torch.uint8).contiguous()
+    if bits != 3:
+        return _planes(c, bits, step).to(torch.uint8).contiguous()
+    low = _planes(c & 3, 2, 16).unflatten(1, (-1, 2))  # [blocks, steps, 2, 16, 4]
+    high = _planes(c >> 2, 1, 32).unsqueeze(2)  # [blocks, steps, 1, 16, 4]
+    return torch.cat([low, high], dim=2).flatten(1, 2).to(torch.uint8).contiguous()
 
 
 def deinterleave_codes(weight: torch.Tensor, bits: int, out_features: int, in_features: int) -> torch.Tensor:
     """Inverse of :func:`interleave_codes`: uint8 codes [out_features, in_features]."""
-    step = step_codes(bits)
-    b = weight.to(torch.int32).transpose(1, 2)  # [blocks, 16, steps, 4]
-    shifts = (torch.arange(step // 4, dtype=torch.int32) * bits).view(1, 1, 1, -1, 1)
-    c = (b.unsqueeze(3) >> shifts) & ((1 << bits) - 1)  # [blocks, 16, steps, planes, 4]
-    return c.flatten(2).flatten(0, 1)[:out_features, :in_features].to(torch.uint8)
+    if bits != 3:
+        codes = _unplanes(weight, bits, step_codes(bits))
+    else:
+        v = weight.unflatten(1, (-1, 3))  # [blocks, steps, 3, 16, 4]
+        codes = _unplanes(v[:, :, :2].flatten(1, 2), 2, 16) | (_unplanes(v[:, :, 2], 1, 32) << 2)
+    return codes[:out_features, :in_features].to(torch.uint8)
 
 
 def interleave_weight(weight_packed: torch.Tensor, weight_scale: torch.Tensor, weight_zero_point,
@@ -120,8 +146,8 @@ def check_interleaved(x, weight, scale, zero, bias, bits: int, group_size: int, 
     if not isinstance(out_features, int) or out_features < 1:
         raise ValueError(f"out_features must be a positive int, got {out_features!r}")
     k = x.shape[-1]
-    blocks, steps, groups = _padded(out_features, ROWS) // ROWS, _padded(k, step_codes(bits)) // step_codes(bits), \
-        num_groups(k, group_size)
+    blocks, groups = _padded(out_features, ROWS) // ROWS, num_groups(k, group_size)
+    steps = _padded(k, step_codes(bits)) // step_codes(bits) * step_vectors(bits)
     expected = {"weight": ((blocks, steps, ROWS, 4), torch.uint8, weight),
                 "scale": ((blocks, groups, ROWS), torch.float32, scale),
                 "zero": ((blocks, groups, ROWS), torch.uint8, zero)}
