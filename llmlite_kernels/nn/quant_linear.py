@@ -33,7 +33,7 @@ class QuantLinear(nn.Module):
 
     ``act_quant="int8"``: the activations are quantized to int8 on the fly (per row, per block of 128
     inputs) and the layer runs ``torch.ops.llmlite.lowbit_linear_a8`` (VNNI dot products on CPUs that have
-    them); ``None`` (default): float activations. On a CPU with AVX512-VNNI, 2/4/8-bit layers with int8
+    them); ``None`` (default): float activations. On a CPU with AVX512-VNNI, 2/3/4/8-bit layers with int8
     activations run batches of up to ``INTERLEAVED_MAX_ROWS`` rows that need no gradient (decoding) on
     ``lowbit_linear_a8_interleaved`` (same result), with a copy of the weight interleaved 16 rows at a
     time, built on first use and rebuilt if the weight changes (:meth:`cpu_interleaved`).
