@@ -24,3 +24,8 @@ def check_tensor(name: str, t, *, dtypes=None, ndim=None, contiguous=False, devi
 def check_choice(name: str, value, accepted):
     if isinstance(value, bool) or value not in accepted:
         raise ValueError(f"{name}={value!r} is not supported; accepted: {', '.join(map(repr, accepted))}")
+
+
+def check_positive_int(name: str, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive int")

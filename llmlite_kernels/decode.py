@@ -1,8 +1,8 @@
 """Batch-1 greedy decoding of Llama-architecture transformers models without transformers' per-step overhead.
 
-:class:`LlamaDecoder` runs the model's own modules (``nn.Linear``, ``QuantLinear``, ...) in a short loop:
-a preallocated KV cache, rotary cos/sin computed once, q/k/v and gate/up fused into one layer each where the
-parts allow it, the prompt in one causal step, then one token per step. Its tokens are those of
+:class:`LlamaDecoder` runs the model's own layers (``nn.Linear``, ``QuantLinear``, ...), each bound once, in a
+short loop: a preallocated KV cache, rotary cos/sin computed once, q/k/v and gate/up fused into one layer each
+where the parts allow it, the prompt in one causal step, then one token per step. Its tokens are those of
 ``model.generate(do_sample=False)`` (no stop at EOS).
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_positive_int
 from .formats import PackedWeight
 from .nn.quant_linear import QuantLinear
 
@@ -158,8 +159,7 @@ class LlamaDecoder:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"model: {reason}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"max_len={max_len!r} must be a positive int")
+        check_positive_int("max_len", max_len)
         config, rotary = model.config, model.model.rotary_emb
         if getattr(rotary, "rope_type", None) in LENGTH_DEPENDENT_ROPE and max_len > rotary.original_max_seq_len:
             raise ValueError(f"max_len={max_len} exceeds the original context ({rotary.original_max_seq_len}) of "
@@ -219,7 +219,7 @@ class LlamaDecoder:
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> List[int]:
         """The ``new_tokens`` greedy tokens after the prompt ``input_ids`` ([T] or [1, T]), from an empty cache."""
         ids = _prompt(input_ids)
-        _check_new_tokens(new_tokens)
+        check_positive_int("new_tokens", new_tokens)
         # The last token is never fed back, as in model.generate.
         if ids.shape[0] + new_tokens - 1 > self.max_len:
             raise ValueError(f"a prompt of {ids.shape[0]} tokens and new_tokens={new_tokens} need "
@@ -233,11 +233,6 @@ class LlamaDecoder:
             if i + 1 < new_tokens:
                 logits = self.step(token)
         return torch.cat(out).tolist()
-
-
-def _check_new_tokens(new_tokens) -> None:
-    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
-        raise ValueError(f"new_tokens={new_tokens!r} must be a positive int")
 
 
 def _prompt(input_ids: torch.Tensor) -> torch.Tensor:
@@ -255,6 +250,6 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, new_tokens: int,
 
     ``max_len`` (cache positions) defaults to what the prompt and the new tokens need.
     """
-    _check_new_tokens(new_tokens)
+    check_positive_int("new_tokens", new_tokens)
     max_len = _prompt(input_ids).shape[0] + new_tokens - 1 if max_len is None else max_len
     return LlamaDecoder(model, max_len).generate(input_ids, new_tokens)

@@ -56,6 +56,8 @@ void gemv_a8(const LowbitWeight& w, const A8Activations& a, const float* bias, f
 // 16 rows per block; per block, `steps` steps of 64 bytes (16 rows x 4 bytes of 32 / bits codes each; W3:
 // 192 bytes, 32 codes split into a 2-bit and a 1-bit plane).
 constexpr int kInterleaveRows = 16;
+constexpr int64_t interleaved_step_codes(int bits) { return bits == 3 ? 32 : 32 / bits; }
+constexpr int64_t interleaved_step_bytes(int bits) { return bits == 3 ? 3 * 64 : 64; }
 
 // How K splits into steps and into segments (runs of steps that share one weight group and one
 // activation block: min(group, 128) codes).

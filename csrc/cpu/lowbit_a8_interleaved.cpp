@@ -19,8 +19,8 @@ namespace llmlite::cpu {
 
 InterleavedSegments InterleavedSegments::make(int bits, int64_t group, int64_t K) {
   InterleavedSegments s{};
-  s.step = bits == 3 ? 32 : 32 / bits;
-  s.step_bytes = bits == 3 ? 3 * 64 : 64;
+  s.step = interleaved_step_codes(bits);
+  s.step_bytes = interleaved_step_bytes(bits);
   s.steps = (K + s.step - 1) / s.step;
   const int64_t seg_codes = std::min<int64_t>(group, kA8Block);
   // a per-channel row shorter than one activation block is one segment, whatever its length
@@ -103,10 +103,6 @@ inline __m512i bcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// dot[m] += the step's 16 rows x (32 / BITS) codes times the matching activations of batch row m.
-// Two int32 accumulators per batch row (even/odd planes) keep two vpdpbusd chains in flight.
-constexpr int64_t step_bytes(int bits) { return bits == 3 ? 3 * 64 : 64; }
-
 // W3: two W2 vectors of low bits (codes k0..15, k0+16..31), then the high bits, whose plane b is moved
 // to bit 2 of each byte (= 4 * hi) by one shift, so it joins the same accumulators.
 template <int MB>
@@ -135,22 +131,23 @@ inline __attribute__((always_inline)) void step_dot3(const uint8_t* p, const int
   }
 }
 
+// dot[m] += the step's 16 rows x interleaved_step_codes(BITS) codes times the matching activations of
+// batch row m. Two int32 accumulators per batch row (even/odd planes) keep two vpdpbusd chains in flight.
 template <int BITS, int MB>
 inline __attribute__((always_inline)) void step_dot(const uint8_t* p, const int8_t* const* x, int64_t k0,
                                                     __m512i (&dot)[MB][2]) {
   if constexpr (BITS == 3) {
     step_dot3<MB>(p, x, k0, dot);
-    return;
-  }
-  const __m512i v = _mm512_loadu_si512(p);
-  constexpr int kPlanes = BITS == 3 ? 1 : 8 / BITS;
-  const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1));
+  } else {
+    const __m512i v = _mm512_loadu_si512(p);
+    const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1));
 #pragma GCC unroll 4
-  for (int pl = 0; pl < kPlanes; ++pl) {
-    const __m512i codes = BITS == 8 ? v : _mm512_and_si512(pl == 0 ? v : _mm512_srli_epi16(v, pl * BITS), mask);
+    for (int pl = 0; pl < 8 / BITS; ++pl) {
+      const __m512i codes = BITS == 8 ? v : _mm512_and_si512(pl == 0 ? v : _mm512_srli_epi16(v, pl * BITS), mask);
 #pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m)
-      dot[m][pl & 1] = _mm512_dpbusd_epi32(dot[m][pl & 1], codes, bcast4(x[m] + k0 + 4 * pl));
+      for (int m = 0; m < MB; ++m)
+        dot[m][pl & 1] = _mm512_dpbusd_epi32(dot[m][pl & 1], codes, bcast4(x[m] + k0 + 4 * pl));
+    }
   }
 }
 
@@ -166,7 +163,7 @@ void row_blocks(const InterleavedWeight& w, const A8Activations& a, int64_t m0, 
   const int8_t* x[MB];
   for (int m = 0; m < MB; ++m) x[m] = a.xq + (m0 + m) * a.Kb * kA8Block;
   for (int64_t b = b0; b < b1; ++b) {
-    constexpr int64_t kStep = step_bytes(BITS);
+    constexpr int64_t kStep = interleaved_step_bytes(BITS);
     const uint8_t* p = w.weight + b * seg.steps * kStep;
     __m512 acc[MB];
     for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();

@@ -63,14 +63,18 @@ ScaleType scale_type_of(const at::Tensor& s) {
          : s.scalar_type() == at::kBFloat16 ? ScaleType::BF16 : ScaleType::F32;
 }
 
-// Validates the packed weight (the same rules as formats.lowbit.check_packed) and wraps its pointers.
-LowbitWeight make_weight(const at::Tensor& weight_packed, const at::Tensor& weight_scale,
-                         const std::optional<at::Tensor>& weight_zero_point, int64_t bits, int64_t group_size,
-                         int64_t in_features) {
+void check_format(int64_t bits, int64_t group_size) {
   TORCH_CHECK_VALUE(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits=", bits,
               " is not supported; accepted: 2, 3, 4, 8");
   TORCH_CHECK_VALUE(group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256 || group_size == -1,
               "group_size=", group_size, " is not supported; accepted: 32, 64, 128, 256, -1");
+}
+
+// Validates the packed weight (the same rules as formats.lowbit.check_packed) and wraps its pointers.
+LowbitWeight make_weight(const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                         const std::optional<at::Tensor>& weight_zero_point, int64_t bits, int64_t group_size,
+                         int64_t in_features) {
+  check_format(bits, group_size);
   TORCH_CHECK_VALUE(in_features >= 1, "in_features must be >= 1, got ", in_features);
   check_cpu_tensor(weight_packed, "weight_packed");
   check_dtype(weight_packed, "weight_packed", {at::kInt});
@@ -158,26 +162,49 @@ struct LinearArgs {
   const float* bias() const { return bias_f.defined() ? bias_f.data_ptr<float>() : nullptr; }
 };
 
-LinearArgs check_linear(const at::Tensor& x, const at::Tensor& weight_packed, const at::Tensor& weight_scale,
-                        const std::optional<at::Tensor>& weight_zero_point, const std::optional<at::Tensor>& bias,
-                        int64_t bits, int64_t group_size) {
+// Validates x [..., K]; returns K.
+int64_t check_activations(const at::Tensor& x) {
   check_cpu_tensor(x, "x");
   check_dtype(x, "x", {at::kFloat, at::kHalf, at::kBFloat16});
   TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
-  const int64_t k = x.size(-1);
+  return x.size(-1);
+}
+
+// The validated bias [n] in fp32, or an undefined tensor.
+at::Tensor float_bias(const std::optional<at::Tensor>& bias, const at::Tensor& x, int64_t n) {
+  if (!bias.has_value() || !bias->defined()) return {};
+  check_cpu_tensor(*bias, "bias");
+  check_dtype(*bias, "bias", {x.scalar_type()});
+  TORCH_CHECK_VALUE(bias->dim() == 1, "bias must be 1-D, got shape ", bias->sizes());
+  TORCH_CHECK_VALUE(bias->size(0) == n, "bias has ", bias->size(0), " elements; expected out_features=", n);
+  return bias->to(at::kFloat).contiguous();
+}
+
+std::vector<int64_t> out_shape_of(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  return shape;
+}
+
+LinearArgs check_linear(const at::Tensor& x, const at::Tensor& weight_packed, const at::Tensor& weight_scale,
+                        const std::optional<at::Tensor>& weight_zero_point, const std::optional<at::Tensor>& bias,
+                        int64_t bits, int64_t group_size) {
+  const int64_t k = check_activations(x);
   LinearArgs args{make_weight(weight_packed, weight_scale, weight_zero_point, bits, group_size, k), {}, {}, 0};
-  if (bias.has_value() && bias->defined()) {
-    check_cpu_tensor(*bias, "bias");
-    check_dtype(*bias, "bias", {x.scalar_type()});
-    TORCH_CHECK_VALUE(bias->dim() == 1, "bias must be 1-D, got shape ", bias->sizes());
-    TORCH_CHECK_VALUE(bias->size(0) == args.w.N, "bias has ", bias->size(0), " elements; expected out_features=",
-                      args.w.N);
-    args.bias_f = bias->to(at::kFloat).contiguous();
-  }
-  args.out_shape.assign(x.sizes().begin(), x.sizes().end());
-  args.out_shape.back() = args.w.N;
+  args.bias_f = float_bias(bias, x, args.w.N);
+  args.out_shape = out_shape_of(x, args.w.N);
   args.m_rows = x.numel() / k;
   return args;
+}
+
+// x [M, K] (any float dtype) quantized to int8 per row and 128-input block: xq [M, Kb * 128], sx [M, Kb].
+std::pair<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, int64_t m_rows, int64_t k) {
+  const int64_t kb = (k + kA8Block - 1) / kA8Block;
+  const at::Tensor xf = x.reshape({m_rows, k}).to(at::kFloat).contiguous();
+  at::Tensor xq = at::empty({m_rows, kb * kA8Block}, xf.options().dtype(at::kChar));
+  at::Tensor sx = at::empty({m_rows, kb}, xf.options());
+  quantize_activations_a8(xf.data_ptr<float>(), m_rows, k, xq.data_ptr<int8_t>(), sx.data_ptr<float>());
+  return {xq, sx};
 }
 
 // fp32 [M, N] = x2d @ W^T + bias: the GEMV kernels for small batches, the tiled GEMM above.
@@ -233,10 +260,7 @@ at::Tensor lowbit_linear_a8_cpu(const at::Tensor& x, const at::Tensor& weight_pa
   const LinearArgs args = check_linear(x, weight_packed, weight_scale, weight_zero_point, bias, bits, group_size);
   if (args.m_rows == 0 || args.w.N == 0) return at::empty(args.out_shape, x.options());
   const int64_t k = args.w.K, kb = (k + kA8Block - 1) / kA8Block;
-  const at::Tensor xf = x.reshape({args.m_rows, k}).to(at::kFloat).contiguous();
-  at::Tensor xq = at::empty({args.m_rows, kb * kA8Block}, xf.options().dtype(at::kChar));
-  at::Tensor sx = at::empty({args.m_rows, kb}, xf.options());
-  quantize_activations_a8(xf.data_ptr<float>(), args.m_rows, k, xq.data_ptr<int8_t>(), sx.data_ptr<float>());
+  const auto [xq, sx] = quantize_rows(x, args.m_rows, k);
   at::Tensor out;
   if (args.m_rows <= kGemvMaxBatch && a8_uses_vnni(args.w)) {
     out = linear_a8_vnni(args, xq, sx);
@@ -260,15 +284,9 @@ std::string cpu_a8_path(int64_t bits, int64_t group_size, int64_t in_features) {
 at::Tensor lowbit_linear_a8_interleaved_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                             const at::Tensor& zero, const std::optional<at::Tensor>& bias,
                                             int64_t bits, int64_t group_size, int64_t out_features) {
-  check_cpu_tensor(x, "x");
-  check_dtype(x, "x", {at::kFloat, at::kHalf, at::kBFloat16});
-  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
-  TORCH_CHECK_VALUE(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits=", bits,
-                    " is not supported; accepted: 2, 3, 4, 8");
-  TORCH_CHECK_VALUE(group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256 || group_size == -1,
-                    "group_size=", group_size, " is not supported; accepted: 32, 64, 128, 256, -1");
+  const int64_t k = check_activations(x);
+  check_format(bits, group_size);
   TORCH_CHECK_VALUE(out_features >= 1, "out_features must be >= 1, got ", out_features);
-  const int64_t k = x.size(-1);
   TORCH_CHECK_VALUE(k >= 1, "x has 0 features in its last dimension");
   const int64_t group = group_size == -1 ? k : group_size, groups = (k + group - 1) / group;
   const int64_t blocks = (out_features + kInterleaveRows - 1) / kInterleaveRows;
@@ -285,30 +303,19 @@ at::Tensor lowbit_linear_a8_interleaved_cpu(const at::Tensor& x, const at::Tenso
   for (const auto& [t, name] : {parts[1], parts[2]})
     TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({blocks, groups, kInterleaveRows}), name, " has shape ",
                       t->sizes(), "; expected [", blocks, ", ", groups, ", 16]");
-  at::Tensor bias_f;
-  if (bias.has_value() && bias->defined()) {
-    check_cpu_tensor(*bias, "bias");
-    check_dtype(*bias, "bias", {x.scalar_type()});
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_features, "bias has shape ", bias->sizes(),
-                      "; expected [", out_features, "]");
-    bias_f = bias->to(at::kFloat).contiguous();
-  }
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = out_features;
+  const at::Tensor bias_f = float_bias(bias, x, out_features);
+  const std::vector<int64_t> out_shape = out_shape_of(x, out_features);
   const int64_t m_rows = x.numel() / k;
   if (m_rows == 0) return at::empty(out_shape, x.options());
 
   const int64_t kb = (k + kA8Block - 1) / kA8Block;
-  const at::Tensor xf = x.reshape({m_rows, k}).to(at::kFloat).contiguous();
-  at::Tensor xq = at::empty({m_rows, kb * kA8Block}, xf.options().dtype(at::kChar));
-  at::Tensor sx = at::empty({m_rows, kb}, xf.options());
-  quantize_activations_a8(xf.data_ptr<float>(), m_rows, k, xq.data_ptr<int8_t>(), sx.data_ptr<float>());
+  const auto [xq, sx] = quantize_rows(x, m_rows, k);
   std::vector<int32_t> sums(m_rows * seg.count);
   interleaved_segment_sums(xq.data_ptr<int8_t>(), m_rows, kb, seg, sums.data());
   const InterleavedWeight w{weight.data_ptr<uint8_t>(), scale.data_ptr<float>(), zero.data_ptr<uint8_t>(),
                             out_features, k, groups, static_cast<int>(bits), seg};
   const A8Activations a{xq.data_ptr<int8_t>(), sx.data_ptr<float>(), nullptr, m_rows, kb};
-  at::Tensor out = at::empty({m_rows, out_features}, xf.options());
+  at::Tensor out = at::empty({m_rows, out_features}, sx.options());
   const float* b = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   const bool vnni = active_isa() == Isa::Avx512 && cpu_has_vnni();
   const auto run = [&](int64_t b0, int64_t b1) {

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import FLOAT_DTYPES, check_choice, check_tensor
+from .._checks import FLOAT_DTYPES, check_choice, check_positive_int, check_tensor
 from .bitpack import pack_codes, unpack_codes
 from .lowbit import canonical_group_size, check_packed, num_groups
 
@@ -143,8 +143,7 @@ def check_interleaved(x, weight, scale, zero, bias, bits: int, group_size: int, 
         raise ValueError(f"x must have at least 1 dimension [..., in_features], got shape {tuple(x.shape)}")
     check_choice("bits", bits, INTERLEAVE_BITS)
     group_size = canonical_group_size(group_size)
-    if not isinstance(out_features, int) or out_features < 1:
-        raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+    check_positive_int("out_features", out_features)
     k = x.shape[-1]
     blocks, groups = _padded(out_features, ROWS) // ROWS, num_groups(k, group_size)
     steps = _padded(k, step_codes(bits)) // step_codes(bits) * step_vectors(bits)

@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_choice, check_tensor
+from .._checks import check_choice, check_positive_int, check_tensor
 from .bitpack import pack_codes, unpack_codes
 from .lowbit import canonical_group_size, check_packed
 
@@ -169,8 +169,7 @@ def check_repacked(x, weight_repacked, scale_repacked, zero_repacked, bias, bits
     k = x.shape[-1]
     _check_repackable(bits, k)
     group_size = canonical_group_size(group_size)
-    if not isinstance(out_features, int) or out_features < 1:
-        raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+    check_positive_int("out_features", out_features)
     n_pad = padded_out_features(out_features)
     check_tensor("weight_repacked", weight_repacked, dtypes=(torch.int32,), ndim=3, contiguous=True, device=x.device)
     expected = (n_pad // TILE_N, k // TILE_K, 512 * bits)

@@ -100,8 +100,8 @@ class QuantLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features in its last dimension; expected in_features={self.in_features}")
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if self._runs_interleaved(x):
-            iw = self.cpu_interleaved()
+        iw = self._interleaved_for(x) if _decoding_batch(x, self.in_features, self.bias) else None
+        if iw is not None:
             return torch.ops.llmlite.lowbit_linear_a8_interleaved(x.contiguous(), iw.weight, iw.scale, iw.zero, bias,
                                                                   self.bits, self.group_size, self.out_features)
         op = torch.ops.llmlite.lowbit_linear_a8 if self.act_quant == "int8" else torch.ops.llmlite.lowbit_linear
@@ -115,24 +115,19 @@ class QuantLinear(nn.Module):
         bias = None if self.bias is None else self.bias.detach()
         args = (self.weight_packed, self.weight_scale, self.weight_zero_point, bias, self.bits, self.group_size)
         op = torch.ops.llmlite.lowbit_linear_a8 if self.act_quant == "int8" else torch.ops.llmlite.lowbit_linear
-        iw = None
-        if self.act_quant == "int8" and self.bits in INTERLEAVE_BITS and self.weight_packed.device.type == "cpu":
-            iw = self.cpu_interleaved()
+        iw = self._interleaved_for(self.weight_packed)
         if iw is None:
             return lambda x: op(x, *args)
         interleaved = torch.ops.llmlite.lowbit_linear_a8_interleaved
         iw_args = (iw.weight, iw.scale, iw.zero, bias, self.bits, self.group_size, self.out_features)
-        limit = INTERLEAVED_MAX_ROWS * self.in_features
-        return lambda x: interleaved(x, *iw_args) if 0 < x.numel() <= limit else op(x, *args)
+        k = self.in_features
+        return lambda x: interleaved(x, *iw_args) if _decoding_batch(x, k, None) else op(x, *args)
 
-    def _runs_interleaved(self, x: torch.Tensor) -> bool:
+    def _interleaved_for(self, x: torch.Tensor) -> Optional[InterleavedWeight]:
+        """The interleaved weight when this layer's int8 activations on ``x``'s device can use it, else None."""
         if self.act_quant != "int8" or x.device.type != "cpu" or self.bits not in INTERLEAVE_BITS:
-            return False
-        if x.numel() > INTERLEAVED_MAX_ROWS * self.in_features or x.numel() == 0:
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):
-            return False  # the interleaved op has no autograd
-        return self.cpu_interleaved() is not None
+            return None
+        return self.cpu_interleaved()
 
     def cpu_interleaved(self) -> Optional[InterleavedWeight]:
         """The weight interleaved for the CPU VNNI GEMV, or None where that kernel does not run (no
@@ -169,6 +164,13 @@ class QuantLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"bits={self.bits}, group_size={group}, symmetric={self.symmetric}"
                 + (f", act_quant={self.act_quant}" if self.act_quant else ""))
+
+
+def _decoding_batch(x: torch.Tensor, in_features: int, bias: Optional[torch.Tensor]) -> bool:
+    """At most INTERLEAVED_MAX_ROWS rows and no gradient wanted (the interleaved op has no autograd)."""
+    if not 0 < x.numel() <= INTERLEAVED_MAX_ROWS * in_features:
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
 
 
 def _version(t: torch.Tensor) -> int:
