@@ -7,8 +7,10 @@ Each op in OPS has an untimed ``prepare`` (weights for one layer, in its own for
 * cold: a ring of distinct layers, together more than ``--cold-mib`` (default: 2x the L3 size, at least
   960 MiB), called in turn, so every call streams its weights from DRAM as in real decode.
 
-GB/s = weight bytes / time; "% roof" divides by the streaming-read bandwidth measured in the same run
-(a sum over a 1 GiB tensor, same threads). Weights are random bits: the kernels' speed does not
+GB/s = weight bytes / time; "% roof" divides by the streaming-read bandwidth measured in the same cell
+(a sum over a 1 GiB tensor, same threads). The ops of a cell and that read are timed in rotation, pass
+after pass, and each figure is a median over passes (``time_cell``): drifts of a shared VM then move
+every column together instead of whichever op was running. Weights are random bits: the kernels' speed does not
 depend on the values. Run ``python benchmarks/bench_cpu_lowbit.py [--quick] [--png speedups.png]``.
 
 On a machine shared with other jobs, wall-clock times measure the neighbours too; ``--threads 1
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -148,42 +151,60 @@ def _clone(w):
     return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in w)
 
 
-def time_op(op: Op, k: int, n: int, m: int, cold: bool, cold_bytes: int, min_time: float) -> float:
-    """Seconds per call: the median of the per-pass averages (a pass calls every layer of the ring once)."""
-    x, w = op.prepare(k, n, m)
-    ring = [w]
-    if cold:
-        ring += [_clone(w) for _ in range(math.ceil(cold_bytes / op.nbytes(k, n)) - 1)]
-    op.compute(x, ring[0])  # warm-up (first-call allocations, lazy init)
-    passes, total, samples = 0, 0.0, []
-    while passes < 3 or (total < min_time and passes < 200):
-        t0 = CLOCK()
-        for wi in ring:
-            op.compute(x, wi)
-        dt = CLOCK() - t0
-        samples.append(dt / len(ring))
-        total += dt
+def time_cell(ops, k: int, n: int, m: int, cold: bool, cold_bytes: int, min_time: float,
+              probe_bytes: int = 2**30):
+    """``({op name: seconds per call}, streaming-read GB/s)`` of one (shape, M, mode) cell, measured in rotation.
+
+    Every pass gives each op one turn (a different op first in each pass) and then times a sum over a
+    ``probe_bytes`` tensor, so the slow drifts of a shared machine hit every op and the roofline alike;
+    each figure is the median over passes. A cold turn calls every layer of the op's ring once; a hot
+    turn calls its one layer once untimed, then as many times as the ring would have layers.
+    """
+    rings, inputs, reps = {}, {}, {}
+    for op in ops:
+        x, w = op.prepare(k, n, m)
+        copies = max(1, math.ceil(cold_bytes / op.nbytes(k, n)))
+        rings[op.name] = [w] + ([_clone(w) for _ in range(copies - 1)] if cold else [])
+        inputs[op.name], reps[op.name] = x, 1 if cold else copies
+        op.compute(x, w)  # warm-up (first-call allocations, lazy init)
+    probe = torch.ones(probe_bytes // 4)
+    probe.sum()
+    samples, reads = {op.name: [] for op in ops}, []
+    passes, total = 0, 0.0
+    while passes < 3 or (total < min_time * len(ops) and passes < 200):
+        for op in ops[passes % len(ops):] + ops[:passes % len(ops)]:
+            x, ring = inputs[op.name], rings[op.name]
+            if not cold:
+                op.compute(x, ring[0])
+            t0 = CLOCK()
+            for _ in range(reps[op.name]):
+                for wi in ring:
+                    op.compute(x, wi)
+            dt = CLOCK() - t0
+            samples[op.name].append(dt / (len(ring) * reps[op.name]))
+            total += dt
+        reads.append(probe_bytes / _timed(probe.sum) / 1e9)
         passes += 1
-    samples.sort()
-    return samples[len(samples) // 2]
+    return {name: statistics.median(s) for name, s in samples.items()}, statistics.median(reads)
 
 
 def run(shapes, batches, ops, cold_bytes, min_time, out=print):
     bw = streaming_read_gbps()
     out(f"# torch {torch.__version__}, threads={torch.get_num_threads()}, clock={CLOCK.__name__}, "
         f"llmlite isa={torch.ops.llmlite.cpu_isa()}, L3={l3_bytes() / 2**20:.1f} MiB, "
-        f"cold ring >= {cold_bytes / 2**20:.0f} MiB, streaming read {bw:.1f} GB/s")
+        f"cold ring >= {cold_bytes / 2**20:.0f} MiB, streaming read {bw:.1f} GB/s (start; each cell "
+        f"measures its own in rotation with the ops)")
     rows = []
     for k, n in shapes:
         for m in batches:
             cell_ops = [op for op in ops if m <= op.max_batch]
             for mode in (("cold", "hot") if m <= 8 else ("hot",)):
-                times = {op.name: time_op(op, k, n, m, mode == "cold", cold_bytes, min_time) for op in cell_ops}
+                times, cell_bw = time_cell(cell_ops, k, n, m, mode == "cold", cold_bytes, min_time)
                 for op in cell_ops:
                     t = times[op.name]
                     gbps = op.nbytes(k, n) / t / 1e9
                     rows.append(dict(shape=f"{k}->{n}", M=m, mode=mode, op=op.name, us=t * 1e6, gbps=gbps,
-                                     roof=100 * gbps / bw,
+                                     roof=100 * gbps / cell_bw, read_gbps=cell_bw,
                                      vs_fp32=times.get("torch fp32", math.nan) / t,
                                      vs_int4=times.get("torch int4", math.nan) / t))
                 _print_rows(rows[-len(cell_ops):], out)
@@ -192,7 +213,7 @@ def run(shapes, batches, ops, cold_bytes, min_time, out=print):
 
 def _print_rows(rows, out):
     r0 = rows[0]
-    out(f"\n{r0['shape']}  M={r0['M']}  {r0['mode']}")
+    out(f"\n{r0['shape']}  M={r0['M']}  {r0['mode']}  (streaming read {r0['read_gbps']:.1f} GB/s, median)")
     out(f"{'op':<12}{'µs':>11}{'GB/s':>8}{'% roof':>8}{'x fp32':>8}{'x int4':>8}")
     for r in rows:
         out(f"{r['op']:<12}{r['us']:>11.1f}{r['gbps']:>8.1f}{r['roof']:>8.0f}{r['vs_fp32']:>8.2f}{r['vs_int4']:>8.2f}")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_cpu_lowbit import (Op, _dense_prepare, _lowbit_bytes, _lowbit_compute, _lowbit_prepare,  # noqa: E402
-                              l3_bytes, streaming_read_gbps, time_op)
+                              l3_bytes, streaming_read_gbps, time_cell)
 
 from llmlite_kernels.formats.bitpack import packed_words  # noqa: E402
 from llmlite_kernels.formats.sparse24 import kept_features, meta_words  # noqa: E402
@@ -68,14 +68,14 @@ def run(batches, cold_bytes, min_time, out=print):
     rows = []
     for m in batches:
         for mode in ("cold", "hot"):
-            times = {op.name: time_op(op, K, N, m, mode == "cold", cold_bytes, min_time) for op in OPS}
-            out(f"\n{K}->{N}  M={m}  {mode}")
+            times, cell_bw = time_cell(OPS, K, N, m, mode == "cold", cold_bytes, min_time)
+            out(f"\n{K}->{N}  M={m}  {mode}  (streaming read {cell_bw:.1f} GB/s, median)")
             out(f"{'op':<14}{'MiB':>8}{'µs':>11}{'GB/s':>8}{'% roof':>8}{'x fp32':>8}")
             for op in OPS:
                 t, nbytes = times[op.name], op.nbytes(K, N)
                 row = dict(M=m, mode=mode, op=op.name, mib=nbytes / 2**20, us=t * 1e6, gbps=nbytes / t / 1e9,
                            vs_fp32=times["torch fp32"] / t)
-                row["roof"] = 100 * row["gbps"] / bw
+                row["roof"] = 100 * row["gbps"] / cell_bw
                 rows.append(row)
                 out(f"{op.name:<14}{row['mib']:>8.1f}{row['us']:>11.1f}{row['gbps']:>8.1f}{row['roof']:>8.0f}"
                     f"{row['vs_fp32']:>8.2f}")

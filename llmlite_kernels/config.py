@@ -10,7 +10,7 @@ from .formats.lowbit import canonical_group_size
 
 METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 CALIBRATED = ("gptq", "awq", "awq+gptq")
-SENSITIVITIES = ("fisher", "output")
+SENSITIVITIES = ("output-fisher", "fisher", "output")
 SAMPLINGS = ("first", "random")
 
 
@@ -23,7 +23,10 @@ class QuantConfig:
     "gptq", "awq" (activation-aware scaling then RTN) or "awq+gptq" (``llmlite_kernels.quantization``).
     bits="auto" with avg_bits=: per-layer (bits, group_size) chosen among candidate_bits x
     candidate_group_sizes by measured sensitivity so the average bits per weight, scales and zero points
-    included, stays <= avg_bits (``quantization.allocate``).
+    included, stays <= avg_bits (``quantization.allocate``). sensitivity: "output-fisher" (default: each
+    candidate quantized as ``method`` will, GPTQ included, its output error per channel weighted by that
+    channel's empirical Fisher over ``fisher_windows`` windows), "fisher" (round-to-nearest error weighted
+    by the weights' Fisher diagonal) or "output" (relative layer-output error); ``quantization.sensitivity``.
     act_order / static_groups / damp / block_size: GPTQ options (act-order implies static groups).
     clip_search: search each group's clipping ratio (MSE weighted by the input second moment).
     awq_grid: number of AWQ exponents tried in [0, 1).
@@ -42,7 +45,7 @@ class QuantConfig:
     avg_bits: Optional[float] = None
     candidate_bits: Sequence[int] = (2, 3, 4, 8)
     candidate_group_sizes: Sequence[int] = (32, 64, 128, -1)
-    sensitivity: str = "fisher"
+    sensitivity: str = "output-fisher"
     fisher_windows: int = 16
     act_order: bool = False
     static_groups: Optional[bool] = None

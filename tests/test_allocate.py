@@ -86,16 +86,21 @@ def test_auto_bits_needs_avg_bits_and_valid_candidates():
         L.QuantConfig(bits="auto", avg_bits=3, sensitivity="hessian")
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_fisher_diagonal_is_the_mean_squared_window_gradient(kind):
+def _fisher_case(kind):
+    """A tiny model, its Linears but lm_head, three windows."""
     from llmlite_kernels.models import iter_linears
-    from llmlite_kernels.nn.quant_linear import linear_weight
-    from llmlite_kernels.quantization.fisher import fisher_diagonals
 
     torch.manual_seed(0)
     model = tiny_model(kind)
-    targets = dict(iter_linears(model, (), ["lm_head"]))
-    windows = tokens(3, 10)
+    return model, dict(iter_linears(model, (), ["lm_head"])), tokens(3, 10)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_fisher_diagonal_is_the_mean_squared_window_gradient(kind):
+    from llmlite_kernels.nn.quant_linear import linear_weight
+    from llmlite_kernels.quantization.fisher import fisher_diagonals
+
+    model, targets, windows = _fisher_case(kind)
     fisher = fisher_diagonals(model, targets, windows, progress=False)
     expected = {n: torch.zeros_like(linear_weight(m)) for n, m in targets.items()}
     for window in windows:
@@ -111,7 +116,7 @@ def test_fisher_diagonal_is_the_mean_squared_window_gradient(kind):
     assert all(p.requires_grad for p in model.parameters())  # flags restored
 
 
-def test_fisher_sensitivity_is_the_weighted_squared_error_and_output_mode_still_plans():
+def test_fisher_sensitivity_is_the_weighted_squared_error():
     w = torch.randn(8, 64)
     f = torch.rand(8, 64)
     for opt in layer_options(w, None, (2, 4), (32,), symmetric=False, fisher=f):
@@ -119,7 +124,60 @@ def test_fisher_sensitivity_is_the_weighted_squared_error_and_output_mode_still_
         assert opt.error == pytest.approx(float(((w - q) ** 2 * f).sum()), rel=1e-4)
     with pytest.raises(ValueError, match="fisher"):
         layer_options(w, None, (4,), (32,), symmetric=False, fisher=f[:, :10])
+
+
+def test_output_fisher_sensitivity_weighs_each_channels_output_error():
+    torch.manual_seed(0)
+    w = torch.randn(12, 80)
+    x = torch.randn(400, 80) * torch.rand(80) * 2
+    h = x.T @ x / 400
+    f = torch.rand(12)
+    rtn = layer_options(w, h, (2, 3, 4), (32, -1), symmetric=False, output_fisher=f)
+    for opt in rtn:
+        e = w - L.quantize(w, opt.bits, opt.group_size, False).dequantize(torch.float32)
+        assert opt.error == pytest.approx(float((((e @ h) * e).sum(1) * f).sum()), rel=1e-4)
+    gptq = layer_options(w, h, (2, 3, 4), (32, -1), symmetric=False, output_fisher=torch.ones(12),
+                         gptq=dict(act_order=True))
+    plain = layer_options(w, h, (2, 3, 4), (32, -1), symmetric=False, output_fisher=torch.ones(12))
+    assert [o.size_bits for o in gptq] == [o.size_bits for o in plain]
+    assert sum(o.error for o in gptq) < sum(o.error for o in plain)  # GPTQ minimises exactly this error
+    with pytest.raises(ValueError, match="output_fisher"):
+        layer_options(w, h, (4,), (32,), symmetric=False, output_fisher=f[:5])
+    with pytest.raises(ValueError, match="hessian"):
+        layer_options(w, None, (4,), (32,), symmetric=False, output_fisher=f)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_output_fisher_is_the_token_summed_squared_output_gradient(kind):
+    from llmlite_kernels.quantization.fisher import output_fishers
+
+    model, targets, windows = _fisher_case(kind)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    fisher = output_fishers(model, targets, windows, progress=False)
+    expected = {n: 0 for n in targets}
+    for window in windows:
+        outputs = {}
+        hooks = [m.register_forward_hook(lambda mod, a, out, n=n: outputs.__setitem__(n, out)) for n, m in targets.items()]
+        logits = model(window[None]).logits[0, :-1]
+        for h in hooks:
+            h.remove()
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, window[1:]), list(outputs.values()))
+        for n, g in zip(outputs, grads):
+            expected[n] = expected[n] + g.reshape(-1, g.shape[-1]).square().sum(0) / len(windows)
+    for n in targets:
+        torch.testing.assert_close(fisher[n], expected[n], rtol=1e-4, atol=1e-12)
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("sensitivity,exclude", [("output", ["lm_head"]), ("fisher", ["lm_head"]),
+                                                  ("output-fisher", [])])
+def test_every_sensitivity_plans_within_budget(sensitivity, exclude):
     model = tiny_model("llama")
-    config = L.QuantConfig(bits="auto", avg_bits=4.5, sensitivity="output", candidate_group_sizes=(32,), calib_windows=2)
+    config = L.QuantConfig(bits="auto", avg_bits=4.5, sensitivity=sensitivity, candidate_group_sizes=(32,),
+                           calib_windows=2, exclude=exclude)
+    threads = torch.get_num_threads()
     L.quantize_(model, config, calibration_texts=torch.randint(0, 128, (2, 16)), progress=False)
+    assert torch.get_num_threads() == threads
     assert model.llmlite_bit_plan["avg_bits"] <= 4.5
+    assert ("lm_head" in model.llmlite_bit_plan["layers"]) == (exclude == [])

@@ -5,7 +5,7 @@ import torch
 import llmlite_kernels as L
 from llmlite_kernels.formats import unpack_codes
 from llmlite_kernels.formats.lowbit import pack_weight, quantize_with_scales
-from llmlite_kernels.quantization.gptq import gptq_quantize, output_error, rtn_error
+from llmlite_kernels.quantization.gptq import gptq_candidates, gptq_quantize, output_error, rtn_error
 
 from tiny_models import tiny_model, tokens
 
@@ -88,3 +88,19 @@ def test_gptq_act_order_model_round_trips_through_save_load(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, out)
     assert loaded.llmlite_quant_config["act_order"] is True
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_candidates_equal_one_static_group_run_each(act_order):
+    torch.manual_seed(1)
+    w = torch.randn(24, 100)
+    x = torch.randn(300, 100) * torch.rand(100) * 2
+    h = x.T @ x / 300
+    h[7, :] = h[:, 7] = 0  # a dead input column
+    candidates = [(2, 32), (3, -1), (4, 64), (8, 32)]
+    for (bits, group), (s, z, q) in zip(candidates, gptq_candidates(w, h, candidates, act_order=act_order,
+                                                                     clip_search=True, block_size=32)):
+        one = gptq_quantize(w, h, bits, group, act_order=act_order, static_groups=True, clip_search=True,
+                            block_size=32).packed
+        assert torch.equal(s, one.weight_scale) and torch.equal(z, one.weight_zero_point)
+        assert torch.equal(q, one.dequantize(torch.float32))

@@ -5,6 +5,7 @@ the blocks before it as already quantized. Selected Linears outside the decoder 
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional
 
 import torch
@@ -17,7 +18,7 @@ from ..formats.lowbit import pack_weight
 from ..nn.quant_linear import QuantLinear, linear_weight
 from .allocate import allocate, format_plan, plan_summary
 from .awq import awq_scale_block, rescale_hessian
-from .fisher import fisher_diagonals
+from .fisher import fisher_diagonals, output_fishers
 from .clip_search import searched_scales
 from .gptq import gptq_quantize, single_thread
 from .sensitivity import layer_options
@@ -86,8 +87,12 @@ def _swap(root: nn.Module, name: str, new: nn.Module) -> None:
 def plan_bits(model: nn.Module, targets: Dict[str, nn.Module], windows: torch.LongTensor, config: QuantConfig,
               progress: bool = True) -> dict:
     """Measure every candidate of every target on calibration data and solve the size-budget knapsack."""
-    options = _fisher_options(model, targets, windows, config, progress) if config.sensitivity == "fisher" \
-        else _output_options(model, targets, windows, config, progress)
+    if config.sensitivity == "fisher":
+        options = _fisher_options(model, targets, windows, config, progress)
+    else:
+        out_fisher = (output_fishers(model, targets, windows[:config.fisher_windows], progress)
+                      if config.sensitivity == "output-fisher" else {})
+        options = _walk_options(model, targets, windows, config, progress, out_fisher)
     numels = {name: linear_weight(module).numel() for name, module in targets.items()}
     budget = int(config.avg_bits * sum(numels.values()))
     summary = plan_summary(allocate({n: options[n] for n in targets}, budget), numels, config.avg_bits)
@@ -103,7 +108,8 @@ def _fisher_options(model, targets, windows, config, progress):
             for name, module in tqdm(targets.items(), desc="sensitivity", disable=not progress)}
 
 
-def _output_options(model, targets, windows, config, progress):
+def _walk_options(model, targets, windows, config, progress, out_fisher):
+    """Options of every target from its Hessian on the calibration windows (one walk over the blocks)."""
     blocks = decoder_blocks(model)
     prefix = _block_prefix(model, blocks)
     options = {}
@@ -112,26 +118,38 @@ def _output_options(model, targets, windows, config, progress):
     # hooks registered at block i's yield see the walker's own run of block i (one pass per block)
     for index, block, _ in walk:
         if stats is not None:
-            _measure(stats, targets, options, config)
+            _measure(stats, targets, options, config, out_fisher)
             stats.remove()
         names = {n: m for n, m in targets.items() if n.startswith(f"{prefix}.{index}.")}
         stats = SharedInputStats(names)
     if stats is not None:
-        _measure(stats, targets, options, config)
+        _measure(stats, targets, options, config, out_fisher)
         stats.remove()
-    for name, module in targets.items():
-        if name not in options:  # outside the blocks: weight-only error
-            options[name] = layer_options(linear_weight(module), None, config.candidate_bits,
-                                          config.candidate_group_sizes, config.symmetric,
-                                          clip_search=config.clip_search)
+    outside = {n: m for n, m in targets.items() if n not in options}
+    if outside:  # e.g. lm_head: its Hessian from one pass of the whole model
+        with SharedInputStats(outside) as stats, torch.no_grad():
+            for batch in windows.split(8):
+                model(batch.to(next(model.parameters()).device), use_cache=False)
+        _measure(stats, targets, options, config, out_fisher)
     return options
 
 
-@single_thread()
-def _measure(stats, targets, options, config):
-    for name in stats.xtx.keys() | stats.alias.keys():
-        options[name] = layer_options(linear_weight(targets[name]), stats.hessian(name), config.candidate_bits,
-                                      config.candidate_group_sizes, config.symmetric, clip_search=config.clip_search)
+def _measure(stats, targets, options, config, out_fisher):
+    """Each target's candidates, quantized the way ``config.method`` will (GPTQ with static groups, or RTN).
+
+    Layers run in parallel, one per torch thread, each on one thread: their loops are many small ops."""
+    gptq = (dict(damp=config.damp, block_size=config.block_size, act_order=config.act_order)
+            if config.method in ("gptq", "awq+gptq") else None)
+
+    def measure(name):
+        with single_thread():  # OpenMP thread counts belong to the calling thread: set in the worker
+            return layer_options(linear_weight(targets[name]), stats.hessian(name), config.candidate_bits,
+                                 config.candidate_group_sizes, config.symmetric, clip_search=config.clip_search,
+                                 output_fisher=out_fisher.get(name), gptq=gptq)
+
+    names = sorted(stats.xtx.keys() | stats.alias.keys())
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        options.update(zip(names, pool.map(measure, names)))
 
 
 def quantize_calibrated(model: nn.Module, config: QuantConfig, calibration_texts=None, tokenizer=None,

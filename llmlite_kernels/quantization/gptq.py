@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from ..formats.lowbit import PackedWeight, effective_group_size, num_groups, pack_weight, quantize_with_scales
+from ..formats.lowbit import PackedWeight, effective_group_size, num_groups, pack_weight
 from .clip_search import fake_quantize, searched_scales
 
 
@@ -53,6 +53,22 @@ def _inverse_hessian_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
                      "use more calibration tokens or a larger damp")
 
 
+def _prepare(weight: torch.Tensor, hessian: torch.Tensor, scale_dtype: Optional[torch.dtype]):
+    """``(scale_dtype, W, H, diag H)`` in float32 copies; input columns never activated (``H_jj = 0``) are
+    zeroed in ``W`` and get ``H_jj = 1``."""
+    if scale_dtype is None:
+        scale_dtype = torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float16
+    k = weight.shape[1]
+    if hessian.shape != (k, k):
+        raise ValueError(f"hessian has shape {tuple(hessian.shape)}; expected ({k}, {k}) for weight {tuple(weight.shape)}")
+    w = weight.detach().float().clone()
+    h = hessian.detach().float().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    return scale_dtype, w, h, h.diagonal().clone()
+
+
 class single_thread(contextlib.ContextDecorator):
     """Run on one thread: the many small ops of these loops only pay for thread synchronisation."""
 
@@ -80,51 +96,61 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
         raise ValueError("act_order=True needs static_groups=True (the packed format stores no g_idx)")
     if not 0 <= damp < 1:
         raise ValueError(f"damp={damp!r} must be in [0, 1)")
-    if scale_dtype is None:
-        scale_dtype = torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float16
-    n, k = weight.shape
-    if hessian.shape != (k, k):
-        raise ValueError(f"hessian has shape {tuple(hessian.shape)}; expected ({k}, {k}) for weight {tuple(weight.shape)}")
+    scale_dtype, w, h, diag = _prepare(weight, hessian, scale_dtype)
+    n, k = w.shape
     g = effective_group_size(group_size, k)
     groups = num_groups(k, group_size)
-    w = weight.detach().float().clone()
-    h = hessian.detach().float().clone()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1
-    w[:, dead] = 0
-    diag = h.diagonal().clone()
 
     scale = torch.empty(n, groups, dtype=scale_dtype, device=w.device)
     zero = None if symmetric else torch.empty(n, groups, dtype=torch.uint8, device=w.device)
-    if static_groups or group_size == -1:
+    static = static_groups or group_size == -1
+    if static:
         s, z = searched_scales(w, bits, group_size, symmetric, scale_dtype, diag, clip_search)
         scale.copy_(s)
         if zero is not None:
             zero.copy_(z)
-        decided = torch.ones(groups, dtype=torch.bool)
-    else:
-        decided = torch.zeros(groups, dtype=torch.bool)
 
     perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k, device=w.device)
     w, h = w[:, perm], h[perm][:, perm]
-    group_of = (perm // g).tolist()  # group of each visited column, by its original index
     u = _inverse_hessian_cholesky(h, damp)
+    if static:
+        s_col, z_col = _column_scales(scale, zero, bits, g, k)
+        s_col, z_col, decide = s_col[:, perm], z_col[:, perm], None
+    else:  # columns are in natural order: a group is decided when the pass reaches its first column
+        s_col = torch.empty(n, k, device=w.device)
+        z_col = torch.empty(n, k, device=w.device)
+
+        def decide(col, cols):
+            s, z = searched_scales(cols, bits, -1, symmetric, scale_dtype, diag[col:col + g], clip_search)
+            scale[:, col // g] = s[:, 0]
+            if zero is not None:
+                zero[:, col // g] = z[:, 0]
+            s_col[:, col:col + g] = s.float()
+            z_col[:, col:col + g] = float(2 ** (bits - 1)) if z is None else z.float()
     with single_thread():
-        codes = _quantize_columns(w, u, scale, zero, decided, group_of, diag, bits, g, symmetric, scale_dtype,
-                                  block_size, clip_search)
+        codes = _quantize_columns(w, u, s_col, z_col, float(2**bits - 1), block_size,
+                                  None if decide is None else (g, decide))
     return _result(weight, hessian, codes[:, torch.argsort(perm)], scale, zero, bits, group_size)
 
 
-def _quantize_columns(w, u, scale, zero, decided, group_of, diag, bits, g, symmetric, scale_dtype, block_size,
-                      clip_search) -> torch.Tensor:
-    """The GPTQ pass over the (permuted) columns of ``w``, updating ``w``, ``scale`` and ``zero`` in place."""
-    n, k = w.shape
-    maxq = 2**bits - 1
-    sf = scale.float()
-    zf = None if zero is None else zero.float()
-    half = float(2 ** (bits - 1))
-    q_all = torch.zeros(n, k, dtype=torch.int64, device=w.device)
+def _column_scales(scale, zero, bits, g, k):
+    """Each column's float scale and zero point, ``[N, K]``, from the per-group ones."""
+    s_col = scale.float().repeat_interleave(g, dim=1)[:, :k]
+    z_col = (torch.full_like(s_col, float(2 ** (bits - 1))) if zero is None
+             else zero.float().repeat_interleave(g, dim=1)[:, :k])
+    return s_col, z_col
 
+
+def _quantize_columns(w, u, s_col, z_col, maxq, block_size, decide=None) -> torch.Tensor:
+    """The GPTQ pass over the (permuted) columns of ``w`` [N, K], updating ``w`` in place.
+
+    ``s_col``/``z_col`` [N, K]: each column's scale and zero point; ``maxq``: the largest code.
+    ``decide = (g, fn)``, when given: at each
+    multiple ``col`` of ``g``, ``fn(col, cols)`` fills them for the group of ``g`` columns starting there from
+    the group's already-updated columns ``cols`` (dynamic groups; columns in natural order).
+    """
+    n, k = w.shape
+    q_all = torch.zeros(n, k, dtype=torch.int64, device=w.device)
     for b0 in range(0, k, block_size):
         b1 = min(b0 + block_size, k)
         wb = w[:, b0:b1].clone()
@@ -132,24 +158,14 @@ def _quantize_columns(w, u, scale, zero, decided, group_of, diag, bits, g, symme
         ub = u[b0:b1, b0:b1]
         for i in range(b1 - b0):
             col = b0 + i
-            grp = group_of[col]
-            if not decided[grp]:  # not static: columns are in natural order, so this is the group's start
-                end = min(col + g, k)
-                cols = torch.cat([wb[:, i:], w[:, b1:end]], dim=1)[:, :end - col]
-                s, z = searched_scales(cols, bits, -1, symmetric, scale_dtype, diag[col:end], clip_search)
-                scale[:, grp] = s[:, 0]
-                if zero is not None:
-                    zero[:, grp] = z[:, 0]
-                sf = scale.float()
-                zf = None if zero is None else zero.float()
-                decided[grp] = True
-            s_col = sf[:, grp]
-            z_col = half if zf is None else zf[:, grp]
+            if decide is not None and col % decide[0] == 0:
+                end = min(col + decide[0], k)
+                decide[1](col, torch.cat([wb[:, i:], w[:, b1:end]], dim=1)[:, :end - col])
+            s, z = s_col[:, col], z_col[:, col]
             x = wb[:, i]
-            q = (torch.round(x / s_col) + z_col).clamp_(0, maxq)
+            q = (torch.round(x / s) + z).clamp_(0, maxq)
             q_all[:, col] = q.to(torch.int64)
-            dq = (q - z_col) * s_col
-            e = (x - dq) / ub[i, i]
+            e = (x - (q - z) * s) / ub[i, i]
             wb[:, i:] -= e[:, None] * ub[i, i:][None, :]
             err[:, i] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]
@@ -157,14 +173,33 @@ def _quantize_columns(w, u, scale, zero, decided, group_of, diag, bits, g, symme
 
 
 def _result(weight, hessian, codes, scale, zero, bits, group_size) -> GPTQResult:
-    k = weight.shape[1]
-    g = effective_group_size(group_size, k)
-    s_full = scale.float().repeat_interleave(g, dim=1)[:, :k]
-    z_full = (float(2 ** (bits - 1)) if zero is None
-              else zero.float().repeat_interleave(g, dim=1)[:, :k])
+    s_full, z_full = _column_scales(scale, zero, bits, effective_group_size(group_size, weight.shape[1]),
+                                    weight.shape[1])
     dequant = (codes.float() - z_full) * s_full
     packed = pack_weight(dequant, scale, zero, bits, group_size)
     return GPTQResult(packed, codes, output_error(weight, dequant, hessian))
+
+
+@torch.no_grad()
+def gptq_candidates(weight: torch.Tensor, hessian: torch.Tensor, candidates, symmetric: bool = False,
+                    scale_dtype: Optional[torch.dtype] = None, damp: float = 0.01, block_size: int = 128,
+                    act_order: bool = False, clip_search: bool = False) -> list:
+    """GPTQ with static groups of one layer for several ``(bits, group_size)`` candidates, sharing the
+    Hessian's factorisation. Returns ``[(scale, zero_point, dequantized weight [N, K])]``, one per candidate,
+    equal to ``gptq_quantize(..., static_groups=True)`` of each."""
+    scale_dtype, w, h, diag = _prepare(weight, hessian, scale_dtype)
+    k = w.shape[1]
+    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k, device=w.device)
+    back = torch.argsort(perm)
+    u = _inverse_hessian_cholesky(h[perm][:, perm], damp)
+    results = []
+    for bits, group in candidates:
+        s, z = searched_scales(w, bits, group, symmetric, scale_dtype, diag, clip_search)
+        s_col, z_col = (t[:, perm] for t in _column_scales(s, z, bits, effective_group_size(group, k), k))
+        with single_thread():
+            codes = _quantize_columns(w[:, perm].clone(), u, s_col, z_col, float(2**bits - 1), block_size)
+        results.append((s, z, ((codes.float() - z_col) * s_col)[:, back]))
+    return results
 
 
 def rtn_error(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, symmetric: bool,
