@@ -132,15 +132,6 @@ def l3_bytes() -> int:
 CLOCK = time.perf_counter  # or time.thread_time (--clock thread, with --threads 1)
 
 
-def streaming_read_gbps(nbytes=2**30, reps=5) -> float:
-    """Best-of-``reps`` bandwidth of summing a tensor much larger than the caches (torch threads)."""
-    t = torch.ones(nbytes // 4)
-    t.sum()
-    best = min(_timed(lambda: t.sum()) for _ in range(reps))
-    del t
-    return nbytes / best / 1e9
-
-
 def _timed(fn) -> float:
     t0 = CLOCK()
     fn()
@@ -189,11 +180,9 @@ def time_cell(ops, k: int, n: int, m: int, cold: bool, cold_bytes: int, min_time
 
 
 def run(shapes, batches, ops, cold_bytes, min_time, out=print):
-    bw = streaming_read_gbps()
     out(f"# torch {torch.__version__}, threads={torch.get_num_threads()}, clock={CLOCK.__name__}, "
         f"llmlite isa={torch.ops.llmlite.cpu_isa()}, L3={l3_bytes() / 2**20:.1f} MiB, "
-        f"cold ring >= {cold_bytes / 2**20:.0f} MiB, streaming read {bw:.1f} GB/s (start; each cell "
-        f"measures its own in rotation with the ops)")
+        f"cold ring >= {cold_bytes / 2**20:.0f} MiB (each cell measures the streaming read in rotation with its ops)")
     rows = []
     for k, n in shapes:
         for m in batches:
@@ -208,7 +197,7 @@ def run(shapes, batches, ops, cold_bytes, min_time, out=print):
                                      vs_fp32=times.get("torch fp32", math.nan) / t,
                                      vs_int4=times.get("torch int4", math.nan) / t))
                 _print_rows(rows[-len(cell_ops):], out)
-    return bw, rows
+    return rows
 
 
 def _print_rows(rows, out):
@@ -263,9 +252,9 @@ def main(argv=None):
     if not ops:
         p.error(f"--ops matched nothing; names: {', '.join(op.name for op in OPS)}")
     if args.quick:
-        _, rows = run([(14336, 4096)], args.batches or [1, 8], ops, cold, min_time=0.15)
+        rows = run([(14336, 4096)], args.batches or [1, 8], ops, cold, min_time=0.15)
     else:
-        _, rows = run(SHAPES, args.batches or BATCHES, ops, cold, args.min_time)
+        rows = run(SHAPES, args.batches or BATCHES, ops, cold, args.min_time)
     if args.png:
         try:
             plot(rows, args.png)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_cpu_lowbit import (Op, _dense_prepare, _lowbit_bytes, _lowbit_compute, _lowbit_prepare,  # noqa: E402
-                              l3_bytes, streaming_read_gbps, time_cell)
+                              l3_bytes, time_cell)
 
 from llmlite_kernels.formats.bitpack import packed_words  # noqa: E402
 from llmlite_kernels.formats.sparse24 import kept_features, meta_words  # noqa: E402
@@ -62,9 +62,8 @@ OPS = [
 
 
 def run(batches, cold_bytes, min_time, out=print):
-    bw = streaming_read_gbps()
     out(f"# torch {torch.__version__}, threads={torch.get_num_threads()}, isa={torch.ops.llmlite.cpu_isa()}, "
-        f"L3={l3_bytes() / 2**20:.1f} MiB, cold ring >= {cold_bytes / 2**20:.0f} MiB, streaming read {bw:.1f} GB/s")
+        f"L3={l3_bytes() / 2**20:.1f} MiB, cold ring >= {cold_bytes / 2**20:.0f} MiB")
     rows = []
     for m in batches:
         for mode in ("cold", "hot"):
@@ -79,7 +78,7 @@ def run(batches, cold_bytes, min_time, out=print):
                 rows.append(row)
                 out(f"{op.name:<14}{row['mib']:>8.1f}{row['us']:>11.1f}{row['gbps']:>8.1f}{row['roof']:>8.0f}"
                     f"{row['vs_fp32']:>8.2f}")
-    return bw, rows
+    return rows
 
 
 def main(argv=None):

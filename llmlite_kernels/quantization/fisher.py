@@ -82,8 +82,8 @@ def output_fishers(model: nn.Module, targets: Dict[str, nn.Module], windows: tor
     each window's next-token loss with respect to the target's output channel ``o`` at token ``t``, summed
     over tokens. The model is left unchanged."""
     _check_windows(windows)
-    sums = {name: torch.zeros(linear_weight(m).shape[0], dtype=torch.float32, device=linear_weight(m).device)
-            for name, m in targets.items()}
+    weights = {name: linear_weight(m) for name, m in targets.items()}
+    sums = {name: torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) for name, w in weights.items()}
 
     def hook(name):
         def on_output(module, args, output):

@@ -39,6 +39,8 @@ def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.T
 
 def _inverse_hessian_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^-1``, dampening more if ``H`` is not PD."""
+    if not 0 <= damp < 1:
+        raise ValueError(f"damp={damp!r} must be in [0, 1)")
     k = h.shape[0]
     eye = torch.eye(k, device=h.device, dtype=h.dtype)
     mean_diag = h.diagonal().mean()
@@ -94,43 +96,45 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
         static_groups = act_order
     if act_order and not static_groups:
         raise ValueError("act_order=True needs static_groups=True (the packed format stores no g_idx)")
-    if not 0 <= damp < 1:
-        raise ValueError(f"damp={damp!r} must be in [0, 1)")
     scale_dtype, w, h, diag = _prepare(weight, hessian, scale_dtype)
     n, k = w.shape
     g = effective_group_size(group_size, k)
     groups = num_groups(k, group_size)
 
+    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k, device=w.device)
+    u = _inverse_hessian_cholesky(h[perm][:, perm], damp)
+    if static_groups or group_size == -1:
+        scale, zero = searched_scales(w, bits, group_size, symmetric, scale_dtype, diag, clip_search)
+        codes = _static_pass(w, u, perm, scale, zero, bits, group_size, block_size)
+        return _result(weight, hessian, codes, scale, zero, bits, group_size)
+
+    # dynamic groups (no act-order: columns in natural order): a group is decided when the pass reaches
+    # its first column, from the already-updated weight
     scale = torch.empty(n, groups, dtype=scale_dtype, device=w.device)
     zero = None if symmetric else torch.empty(n, groups, dtype=torch.uint8, device=w.device)
-    static = static_groups or group_size == -1
-    if static:
-        s, z = searched_scales(w, bits, group_size, symmetric, scale_dtype, diag, clip_search)
-        scale.copy_(s)
+    s_col = torch.empty(n, k, device=w.device)
+    z_col = torch.empty(n, k, device=w.device)
+
+    def decide(col, cols):
+        s, z = searched_scales(cols, bits, -1, symmetric, scale_dtype, diag[col:col + g], clip_search)
+        scale[:, col // g] = s[:, 0]
         if zero is not None:
-            zero.copy_(z)
-
-    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k, device=w.device)
-    w, h = w[:, perm], h[perm][:, perm]
-    u = _inverse_hessian_cholesky(h, damp)
-    if static:
-        s_col, z_col = _column_scales(scale, zero, bits, g, k)
-        s_col, z_col, decide = s_col[:, perm], z_col[:, perm], None
-    else:  # columns are in natural order: a group is decided when the pass reaches its first column
-        s_col = torch.empty(n, k, device=w.device)
-        z_col = torch.empty(n, k, device=w.device)
-
-        def decide(col, cols):
-            s, z = searched_scales(cols, bits, -1, symmetric, scale_dtype, diag[col:col + g], clip_search)
-            scale[:, col // g] = s[:, 0]
-            if zero is not None:
-                zero[:, col // g] = z[:, 0]
-            s_col[:, col:col + g] = s.float()
-            z_col[:, col:col + g] = float(2 ** (bits - 1)) if z is None else z.float()
+            zero[:, col // g] = z[:, 0]
+        s_col[:, col:col + g] = s.float()
+        z_col[:, col:col + g] = float(2 ** (bits - 1)) if z is None else z.float()
     with single_thread():
-        codes = _quantize_columns(w, u, s_col, z_col, float(2**bits - 1), block_size,
-                                  None if decide is None else (g, decide))
-    return _result(weight, hessian, codes[:, torch.argsort(perm)], scale, zero, bits, group_size)
+        codes = _quantize_columns(w, u, s_col, z_col, float(2**bits - 1), block_size, (g, decide))
+    return _result(weight, hessian, codes, scale, zero, bits, group_size)
+
+
+def _static_pass(w, u, perm, scale, zero, bits, group_size, block_size) -> torch.Tensor:
+    """Codes [N, K] (original column order) of the GPTQ pass over ``w``'s columns in the order ``perm``, with
+    every group's scale and zero point fixed beforehand; ``u``: the factor of the permuted Hessian."""
+    k = w.shape[1]
+    s_col, z_col = (t[:, perm] for t in _column_scales(scale, zero, bits, effective_group_size(group_size, k), k))
+    with single_thread():
+        codes = _quantize_columns(w[:, perm].clone(), u, s_col, z_col, float(2**bits - 1), block_size)
+    return codes[:, torch.argsort(perm)]
 
 
 def _column_scales(scale, zero, bits, g, k):
@@ -145,9 +149,9 @@ def _quantize_columns(w, u, s_col, z_col, maxq, block_size, decide=None) -> torc
     """The GPTQ pass over the (permuted) columns of ``w`` [N, K], updating ``w`` in place.
 
     ``s_col``/``z_col`` [N, K]: each column's scale and zero point; ``maxq``: the largest code.
-    ``decide = (g, fn)``, when given: at each
-    multiple ``col`` of ``g``, ``fn(col, cols)`` fills them for the group of ``g`` columns starting there from
-    the group's already-updated columns ``cols`` (dynamic groups; columns in natural order).
+    ``decide = (g, fn)``, when given: at each multiple ``col`` of ``g``, ``fn(col, cols)`` fills them for
+    the group of ``g`` columns starting there from the group's already-updated columns ``cols`` (dynamic
+    groups; columns in natural order).
     """
     n, k = w.shape
     q_all = torch.zeros(n, k, dtype=torch.int64, device=w.device)
@@ -172,10 +176,14 @@ def _quantize_columns(w, u, s_col, z_col, maxq, block_size, decide=None) -> torc
     return q_all
 
 
+def _dequantized(codes, scale, zero, bits, group_size) -> torch.Tensor:
+    k = codes.shape[1]
+    s_col, z_col = _column_scales(scale, zero, bits, effective_group_size(group_size, k), k)
+    return (codes.float() - z_col) * s_col
+
+
 def _result(weight, hessian, codes, scale, zero, bits, group_size) -> GPTQResult:
-    s_full, z_full = _column_scales(scale, zero, bits, effective_group_size(group_size, weight.shape[1]),
-                                    weight.shape[1])
-    dequant = (codes.float() - z_full) * s_full
+    dequant = _dequantized(codes, scale, zero, bits, group_size)
     packed = pack_weight(dequant, scale, zero, bits, group_size)
     return GPTQResult(packed, codes, output_error(weight, dequant, hessian))
 
@@ -188,17 +196,13 @@ def gptq_candidates(weight: torch.Tensor, hessian: torch.Tensor, candidates, sym
     Hessian's factorisation. Returns ``[(scale, zero_point, dequantized weight [N, K])]``, one per candidate,
     equal to ``gptq_quantize(..., static_groups=True)`` of each."""
     scale_dtype, w, h, diag = _prepare(weight, hessian, scale_dtype)
-    k = w.shape[1]
-    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k, device=w.device)
-    back = torch.argsort(perm)
+    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(w.shape[1], device=w.device)
     u = _inverse_hessian_cholesky(h[perm][:, perm], damp)
     results = []
     for bits, group in candidates:
         s, z = searched_scales(w, bits, group, symmetric, scale_dtype, diag, clip_search)
-        s_col, z_col = (t[:, perm] for t in _column_scales(s, z, bits, effective_group_size(group, k), k))
-        with single_thread():
-            codes = _quantize_columns(w[:, perm].clone(), u, s_col, z_col, float(2**bits - 1), block_size)
-        results.append((s, z, ((codes.float() - z_col) * s_col)[:, back]))
+        codes = _static_pass(w, u, perm, s, z, bits, group, block_size)
+        results.append((s, z, _dequantized(codes, s, z, bits, group)))
     return results
 
 
