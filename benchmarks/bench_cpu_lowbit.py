@@ -11,7 +11,9 @@ GB/s = weight bytes / time; "% roof" divides by the streaming-read bandwidth mea
 (a sum over a 1 GiB tensor, same threads). The ops of a cell and that read are timed in rotation, pass
 after pass, and each figure is a median over passes (``time_cell``): drifts of a shared VM then move
 every column together instead of whichever op was running. Weights are random bits: the kernels' speed does not
-depend on the values. Run ``python benchmarks/bench_cpu_lowbit.py [--quick] [--png speedups.png]``.
+depend on the values. Run ``python benchmarks/bench_cpu_lowbit.py [--quick] [--repeat 5] [--png speedups.png]``;
+``--repeat`` reruns everything and prints the median of each figure, since whole runs still differ by up to 20%
+on a shared VM.
 
 On a machine shared with other jobs, wall-clock times measure the neighbours too; ``--threads 1
 --clock thread`` times the CPU time of the one compute thread instead (memory stalls included), which
@@ -208,6 +210,32 @@ def _print_rows(rows, out):
         out(f"{r['op']:<12}{r['us']:>11.1f}{r['gbps']:>8.1f}{r['roof']:>8.0f}{r['vs_fp32']:>8.2f}{r['vs_int4']:>8.2f}")
 
 
+def summarize(runs, out=print):
+    """Median over repeated runs of every (shape, M, mode, op) figure, with the range of the ratio to int4.
+
+    On a shared VM the same cell moves up to 20% from one run to the next (neighbours, memory placement), more
+    than the ops differ within a run; ratios are taken within each run, then their median is reported.
+    "x ours W4" divides by our W4 op of the same run and cell (the interleaved one when it ran).
+    """
+    keyed = {}
+    for rows in runs:
+        cells = {}
+        for r in rows:
+            cells.setdefault((r["shape"], r["M"], r["mode"]), {})[r["op"]] = r["us"]
+        for r in rows:
+            times = cells[(r["shape"], r["M"], r["mode"])]
+            w4 = times.get("ours W4A8-il", times.get("ours W4", math.nan))
+            keyed.setdefault((r["shape"], r["M"], r["mode"], r["op"]), []).append(dict(r, vs_w4=w4 / r["us"]))
+    out(f"\nmedian of {len(runs)} runs (ratios within each run; [min..max] over runs)")
+    out(f"{'cell':<24}{'op':<16}{'µs':>9}{'% roof':>8}{'x fp32':>8}{'x int4':>8}{'x int4 range':>16}"
+        f"{'x ours W4':>11}")
+    for (shape, m, mode, op), rs in keyed.items():
+        med = {f: statistics.median(r[f] for r in rs) for f in ("us", "roof", "vs_fp32", "vs_int4", "vs_w4")}
+        lo, hi = min(r["vs_int4"] for r in rs), max(r["vs_int4"] for r in rs)
+        out(f"{f'{shape} M={m} {mode}':<24}{op:<16}{med['us']:>9.1f}{med['roof']:>8.0f}{med['vs_fp32']:>8.2f}"
+            f"{med['vs_int4']:>8.2f}{f'[{lo:.2f}..{hi:.2f}]':>16}{med['vs_w4']:>11.2f}")
+
+
 def plot(rows, path):
     """Bars of the speed-up over torch fp32, one panel per (shape, M, mode) cell (needs matplotlib)."""
     import matplotlib
@@ -235,6 +263,8 @@ def main(argv=None):
     p.add_argument("--ops", nargs="+", default=None, help="only these ops (names as in the table, e.g. 'ours W4A8')")
     p.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes M (default 1 8 512)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run everything this many times (fresh rings each time) and print the medians")
     p.add_argument("--png", help="also write a bar chart of the speed-ups over torch fp32 (needs matplotlib)")
     p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="thread: CPU time of the calling thread (only meaningful with --threads 1)")
@@ -251,10 +281,13 @@ def main(argv=None):
     ops = OPS if args.ops is None else [op for op in OPS if op.name in args.ops]
     if not ops:
         p.error(f"--ops matched nothing; names: {', '.join(op.name for op in OPS)}")
-    if args.quick:
-        rows = run([(14336, 4096)], args.batches or [1, 8], ops, cold, min_time=0.15)
-    else:
-        rows = run(SHAPES, args.batches or BATCHES, ops, cold, args.min_time)
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    shapes, batches = ([(14336, 4096)], args.batches or [1, 8]) if args.quick else (SHAPES, args.batches or BATCHES)
+    runs = [run(shapes, batches, ops, cold, 0.15 if args.quick else args.min_time) for _ in range(args.repeat)]
+    rows = runs[-1]
+    if args.repeat > 1:
+        summarize(runs)
     if args.png:
         try:
             plot(rows, args.png)

@@ -44,6 +44,7 @@ RUNS = {
     "gptq-w3g128-actorder-clip": Q(bits=3, group_size=128, method="gptq", act_order=True, clip_search=True),
     "awq+gptq-w3g128": Q(bits=3, group_size=128, method="awq+gptq", act_order=True, clip_search=True),
     "auto-3.5-gptq": Q(bits="auto", avg_bits=3.5, method="gptq", act_order=True, clip_search=True),
+    "auto-3.5-awq+gptq": Q(bits="auto", avg_bits=3.5, method="awq+gptq", act_order=True, clip_search=True),
     "auto-3.0-gptq": Q(bits="auto", avg_bits=3.0, method="gptq", act_order=True, clip_search=True),
     "auto-3.5-gptq-wfisher": Q(bits="auto", avg_bits=3.5, method="gptq", act_order=True, clip_search=True,
                                sensitivity="fisher"),

@@ -2,8 +2,8 @@
 // layout in llmlite_kernels/formats/cpu_interleave.py). The 16 lanes of each int32 vector are 16 output
 // rows, so the whole row block runs with no per-row scalar work and no horizontal reductions, and
 // each thread streams its contiguous run of the weight, two row blocks (two streams) at a time:
-//   per step (64 bytes; 192 for W3): 1 load per 64 bytes, 1-2 mask/shift per code plane (W3: 3-4), 1 vpdpbusd
-//   per plane and batch row;
+//   per step (64 bytes; 192 for W3): 1 load per 64 bytes, 1-2 mask/shift per code plane (W3: plus a byte test
+//   and a masked add), 1 vpdpbusd per plane and batch row;
 //   per segment (codes sharing one weight scale and one activation scale, min(group, 128) codes):
 //   out16 += s16 * sx * (dot16 - z16 * sum(xq of the segment)).
 // A portable scalar path computes the same thing on CPUs without AVX512-VNNI.
@@ -104,13 +104,14 @@ inline __m512i bcast4(const int8_t* p) {
 }
 
 // W3: two W2 vectors of low bits (codes k0..15, k0+16..31) and one vector of high bits, where high-bit
-// plane b holds codes k0+4b..k0+4b+3, the same codes as low plane b % 4 of half b / 4. One epi16 shift moves
-// plane b's bits to bit 2 of each byte and one ternary-logic op ORs them into the low codes, so each
-// 3-bit code feeds a single vpdpbusd, as a W4 code does.
+// plane b holds codes k0+4b..k0+4b+3, the same codes as low plane b % 4 of half b / 4. A byte test of bit b
+// gives the lanes whose code has its high bit set, and a masked byte add puts the 4 there, so each 3-bit code
+// feeds a single vpdpbusd, as a W4 code does. (Test + masked add run on ports 5 and 0/5; shifting the high
+// plane into place instead put 7 more shifts per step on port 0, which the vpdpbusd also need.)
 template <int MB>
 inline __attribute__((always_inline)) void step_dot3(const uint8_t* p, const int8_t* const* x, int64_t k0,
                                                      __m512i (&dot)[MB][2]) {
-  const __m512i mask2 = _mm512_set1_epi8(3), bit2 = _mm512_set1_epi8(4);
+  const __m512i mask2 = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
   const __m512i hi = _mm512_loadu_si512(p + 128);
 #pragma GCC unroll 2
   for (int half = 0; half < 2; ++half) {
@@ -119,8 +120,8 @@ inline __attribute__((always_inline)) void step_dot3(const uint8_t* p, const int
     for (int pl = 0; pl < 4; ++pl) {
       const int b = 4 * half + pl;
       const __m512i low = _mm512_and_si512(pl == 0 ? v : _mm512_srli_epi16(v, 2 * pl), mask2);
-      const __m512i moved = b < 2 ? _mm512_slli_epi16(hi, 2 - b) : b == 2 ? hi : _mm512_srli_epi16(hi, b - 2);
-      const __m512i codes = _mm512_ternarylogic_epi32(low, moved, bit2, 0xF8);  // low | (moved & bit2)
+      const __mmask64 high = _mm512_test_epi8_mask(hi, _mm512_set1_epi8(static_cast<char>(1 << b)));
+      const __m512i codes = _mm512_mask_add_epi8(low, high, low, four);
 #pragma GCC unroll 4
       for (int m = 0; m < MB; ++m)
         dot[m][pl & 1] = _mm512_dpbusd_epi32(dot[m][pl & 1], codes, bcast4(x[m] + k0 + 16 * half + 4 * pl));
