@@ -87,7 +87,8 @@ class PackedWeight:
                             self.shape, self.bits, self.group_size)
 
 
-def _default_scale_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+def default_scale_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """Scales are stored in bf16 for bf16 weights, else fp16."""
     return torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float16
 
 
@@ -154,7 +155,7 @@ def quantize(weight: torch.Tensor, bits: int = 4, group_size=128, symmetric: boo
     if not isinstance(symmetric, bool):
         raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
     if scale_dtype is None:
-        scale_dtype = _default_scale_dtype(weight.dtype)
+        scale_dtype = default_scale_dtype(weight.dtype)
     check_choice("scale_dtype", scale_dtype, SCALE_DTYPES)
     if weight.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(weight.shape)}); nothing to quantize")

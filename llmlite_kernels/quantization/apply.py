@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..calibration import LinearInputStats, calibration_windows, decoder_blocks, sequential_blocks
 from ..config import QuantConfig
-from ..formats.lowbit import pack_weight
+from ..formats.lowbit import default_scale_dtype, pack_weight
 from ..nn.quant_linear import QuantLinear, linear_weight
 from .allocate import allocate, format_plan, plan_summary
 from .awq import awq_scale_block, rescale_hessian
@@ -59,15 +59,11 @@ def _block_prefix(model: nn.Module, blocks: nn.ModuleList) -> str:
     raise ValueError("decoder blocks not found among the model's modules")
 
 
-def _scale_dtype(weight: torch.Tensor) -> torch.dtype:
-    return torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float16
-
-
 def quantize_linear(module: nn.Module, hessian: Optional[torch.Tensor], bits: int, group_size: int,
                     config: QuantConfig, use_gptq: bool) -> QuantLinear:
     """One Linear to a QuantLinear: GPTQ (needs ``hessian``) or round-to-nearest (optionally clip-searched)."""
     weight = linear_weight(module).detach()
-    sdtype = _scale_dtype(weight)
+    sdtype = default_scale_dtype(weight.dtype)
     if use_gptq:
         packed = gptq_quantize(weight, hessian, bits, group_size, config.symmetric, sdtype, config.damp,
                                config.block_size, config.act_order, config.static_groups, config.clip_search).packed

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from ..formats.lowbit import PackedWeight, effective_group_size, num_groups, pack_weight
+from ..formats.lowbit import PackedWeight, default_scale_dtype, effective_group_size, num_groups, pack_weight
 from .clip_search import fake_quantize, searched_scales
 
 
@@ -58,8 +58,7 @@ def _inverse_hessian_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
 def _prepare(weight: torch.Tensor, hessian: torch.Tensor, scale_dtype: Optional[torch.dtype]):
     """``(scale_dtype, W, H, diag H)`` in float32 copies; input columns never activated (``H_jj = 0``) are
     zeroed in ``W`` and get ``H_jj = 1``."""
-    if scale_dtype is None:
-        scale_dtype = torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float16
+    scale_dtype = scale_dtype or default_scale_dtype(weight.dtype)
     k = weight.shape[1]
     if hessian.shape != (k, k):
         raise ValueError(f"hessian has shape {tuple(hessian.shape)}; expected ({k}, {k}) for weight {tuple(weight.shape)}")
@@ -69,6 +68,13 @@ def _prepare(weight: torch.Tensor, hessian: torch.Tensor, scale_dtype: Optional[
     h[dead, dead] = 1
     w[:, dead] = 0
     return scale_dtype, w, h, h.diagonal().clone()
+
+
+def _ordered_factor(h: torch.Tensor, diag: torch.Tensor, act_order: bool, damp: float):
+    """``(perm, U)``: the column visiting order (decreasing ``H_jj`` with act-order) and the upper Cholesky
+    factor of the permuted, dampened inverse Hessian."""
+    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(h.shape[0], device=h.device)
+    return perm, _inverse_hessian_cholesky(h[perm][:, perm], damp)
 
 
 class single_thread(contextlib.ContextDecorator):
@@ -101,8 +107,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
     g = effective_group_size(group_size, k)
     groups = num_groups(k, group_size)
 
-    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k, device=w.device)
-    u = _inverse_hessian_cholesky(h[perm][:, perm], damp)
+    perm, u = _ordered_factor(h, diag, act_order, damp)
     if static_groups or group_size == -1:
         scale, zero = searched_scales(w, bits, group_size, symmetric, scale_dtype, diag, clip_search)
         codes = _static_pass(w, u, perm, scale, zero, bits, group_size, block_size)
@@ -196,8 +201,7 @@ def gptq_candidates(weight: torch.Tensor, hessian: torch.Tensor, candidates, sym
     Hessian's factorisation. Returns ``[(scale, zero_point, dequantized weight [N, K])]``, one per candidate,
     equal to ``gptq_quantize(..., static_groups=True)`` of each."""
     scale_dtype, w, h, diag = _prepare(weight, hessian, scale_dtype)
-    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(w.shape[1], device=w.device)
-    u = _inverse_hessian_cholesky(h[perm][:, perm], damp)
+    perm, u = _ordered_factor(h, diag, act_order, damp)
     results = []
     for bits, group in candidates:
         s, z = searched_scales(w, bits, group, symmetric, scale_dtype, diag, clip_search)

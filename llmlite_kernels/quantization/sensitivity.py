@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..formats.bitpack import packed_words
-from ..formats.lowbit import PackedWeight
+from ..formats.lowbit import PackedWeight, default_scale_dtype
 from .clip_search import fake_quantize, searched_scales
 from .gptq import gptq_candidates, output_error
 
@@ -40,7 +40,7 @@ def layer_options(weight: torch.Tensor, hessian: Optional[torch.Tensor], candida
       layer output; ``hessian=None``: the plain relative squared error). The absolute output error is not
       comparable across layers (early layers have small inputs, yet their errors propagate).
     """
-    scale_dtype = scale_dtype or (torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float16)
+    scale_dtype = scale_dtype or default_scale_dtype(weight.dtype)
     w = weight.detach().float()
     if fisher is not None and fisher.shape != w.shape:
         raise ValueError(f"fisher has shape {tuple(fisher.shape)}; expected the weight's {tuple(w.shape)}")
