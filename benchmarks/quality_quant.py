@@ -4,7 +4,9 @@ the fp32 model and to two peers installed from PyPI into the benchmark environme
 dependencies): ``pip install --no-deps hqq optimum-quanto einops termcolor``.
 
 Each run loads a fresh model, quantizes it (calibration: the WikiText-2 *validation* file) and scores
-it. Results are appended to a JSON-lines file so runs can be split over several processes; ``--table``
+it. Runs named ``...+kd`` then tune the quantized model's group scales by distillation from the fp32 model
+(``L.tune_scales_``: codes and zero points fixed, forward KL, ``KD_STEPS`` steps of one 512-token window of
+the validation text) before scoring. Results are appended to a JSON-lines file so runs can be split over several processes; ``--table``
 prints the table of everything recorded.
 
     python benchmarks/quality_quant.py --runs fp32 rtn-w4g128 gptq-w4g128 ...   # or --runs all
@@ -66,6 +68,10 @@ RUNS = {
     "quanto-qint8": ("quanto", 8, None),
 }
 
+KD_STEPS, KD_LR = 80, 1e-3
+for _name in ("gptq-w4g128-actorder-clip", "gptq-w3g128-actorder-clip", "auto-3.5-gptq", "auto-3.0-gptq"):
+    RUNS[_name + "+kd"] = RUNS[_name]
+
 
 def _ours_bits_per_weight(model) -> float:
     elements, packed = compressed_bytes(model)
@@ -109,10 +115,19 @@ def run(name: str, windows: int, calib_windows: int) -> dict:
     elif isinstance(spec, tuple) and spec[0] == "quanto":
         bpw = _quanto(model, spec[1])
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    extra = {}
+    if name.endswith("+kd"):
+        teacher, _ = L.load_model()
+        start = time.perf_counter()
+        model, log = L.tune_scales_(model, teacher, None, steps=KD_STEPS, lr=KD_LR, tokenizer=tokenizer)
+        extra = {"tune_s": time.perf_counter() - start, "tune_steps": len(log), "tune_tokens": log[-1]["tokens"]}
+        del teacher
+        if _ours_bits_per_weight(model) != bpw:
+            raise AssertionError("tune_scales_ changed the model's size")
     ppl = wikitext_perplexity(model, tokenizer, n_windows=windows)
     return {"run": name, "ppl": ppl.ppl, "windows": windows, "bits_per_weight": bpw, "quantize_s": seconds, "quantize_cpu_s": cpu_seconds,
             "eval_s": ppl.seconds, "calib": f"{calib_windows}x512" if isinstance(spec, Q) and spec.calibrated else "",
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), **extra}
 
 
 def table(path: str) -> str:
@@ -125,9 +140,10 @@ def table(path: str) -> str:
     for (name, w), r in sorted(latest.items(), key=lambda item: (-item[0][1], item[0][0] != "fp32")):
         ratio = f"{r['ppl'] / fp32[w]:.3f}" if w in fp32 else ""
         rows.append([name, f"{r['ppl']:.2f}", ratio, f"{r['bits_per_weight']:.3f}", f"{r['quantize_s']:.0f}",
-                     f"{r.get('quantize_cpu_s', float('nan')):.0f}", f"{r['eval_s']:.0f}", r["calib"], w])
-    return format_table(["run", "ppl", "x fp32", "bits/weight", "quantize s", "quantize CPU s", "eval s", "calibration",
-                         "windows"], rows, title="SmolLM2-135M-Instruct, WikiText-2 test (fp32 40 windows: "
+                     f"{r.get('quantize_cpu_s', float('nan')):.0f}", f"{r['tune_s']:.0f}" if "tune_s" in r else "-",
+                     f"{r['eval_s']:.0f}", r["calib"], w])
+    return format_table(["run", "ppl", "x fp32", "bits/weight", "quantize s", "quantize CPU s", "scale KD s", "eval s",
+                         "calibration", "windows"], rows, title="SmolLM2-135M-Instruct, WikiText-2 test (fp32 40 windows: "
                                                  f"{fp32.get(40, float('nan')):.2f})")
 
 

@@ -10,7 +10,7 @@ import torch
 import llmlite_kernels as L
 from llmlite_kernels.distill import (batch_loss, chunked_logit_loss, distill, forward_kl_per_token,
                                      hidden_state_loss, jsd_per_token, per_token_loss, reverse_kl_per_token,
-                                     seed_kd_per_token)
+                                     seed_kd_per_token, select_trainable_)
 from llmlite_kernels.nn.lora import LoRALinear, add_lora_, lora_layers, merge_lora_and_requantize_
 from tiny_models import tiny_model
 
@@ -264,6 +264,41 @@ def test_trainable_group_scales_get_gradient_and_merge_into_stored_scales():
     assert (out - expected).norm() / expected.norm() < 2e-3  # fp16 rounding of the folded scales
 
 
+def test_tune_scales_keeps_codes_and_zero_points_changes_scales_and_lowers_the_loss():
+    teacher, student = quantized_tiny(bits=2)
+    ids = torch.randint(0, 128, (4, 16))
+    per_token = per_token_loss("kl")
+    before_layers = {n: (m.weight_packed.clone(), m.weight_zero_point.clone(), m.weight_scale.clone())
+                     for n, m in student.named_modules() if isinstance(m, L.QuantLinear)}
+    with torch.no_grad():
+        loss_before = batch_loss(student, teacher, ids, per_token).item()
+    student, log = L.tune_scales_(student, teacher, ids, steps=12, batch_size=4, lr=2e-2, progress=False)
+    assert len(log) == 12 and not lora_layers(student)
+    layers = {n: m for n, m in student.named_modules() if isinstance(m, L.QuantLinear)}
+    assert set(layers) == set(before_layers)
+    for name, (packed, zero, scale) in before_layers.items():
+        assert torch.equal(layers[name].weight_packed, packed) and torch.equal(layers[name].weight_zero_point, zero)
+        assert layers[name].weight_scale.dtype == scale.dtype and not torch.equal(layers[name].weight_scale, scale)
+    with torch.no_grad():
+        assert batch_loss(student, teacher, ids, per_token).item() < loss_before
+
+
+def test_rank_zero_adapter_trains_only_scale_factors():
+    teacher, student = quantized_tiny()
+    add_lora_(student, rank=0, train_scales=True)
+    layer = lora_layers(student)["model.layers.0.mlp.up_proj"]
+    assert layer.lora_A is None and layer.lora_B is None and not layer.delta_weight().any()
+    assert select_trainable_(student) == "lora"
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith("scale_factor") for n in trainable)
+    with pytest.raises(ValueError, match="rank"):
+        add_lora_(copy.deepcopy(teacher), rank=0, quantized_only=False, train_scales=False)
+    with pytest.raises(ValueError, match="rank=0 trains group scales only"):
+        add_lora_(copy.deepcopy(teacher), rank=0, quantized_only=False, exclude=(), train_scales=True)
+    with pytest.raises(ValueError, match="already has LoRA"):
+        L.tune_scales_(student, teacher, torch.randint(0, 128, (2, 8)), steps=1, batch_size=2, progress=False)
+
+
 def test_teacher_on_another_device_is_refused():
     teacher, student = quantized_tiny()
     add_lora_(student, rank=2)
@@ -277,6 +312,9 @@ class _ByteTokenizer:
     def __call__(self, text, add_special_tokens=False, return_tensors="pt"):
         ids = torch.tensor([b % 128 for b in text.encode()], dtype=torch.long)[None]
         return type("Encoding", (), {"input_ids": ids})()
+
+    def save_pretrained(self, folder):
+        pass
 
 
 def test_cli_distill_merges_adapters(monkeypatch, tmp_path, capsys):
@@ -292,3 +330,39 @@ def test_cli_distill_merges_adapters(monkeypatch, tmp_path, capsys):
                  "--batch-size", "2", "--windows", "0", "--merge", "--lora-rank", "2"]) == 0
     assert "distilled (kl) for 2 steps" in capsys.readouterr().out
     assert not lora_layers(student) and any(isinstance(m, L.QuantLinear) for m in student.modules())
+
+
+def test_cli_distill_trains_scales_alone_with_rank_zero(monkeypatch, tmp_path, capsys):
+    import llmlite_kernels.models as models
+    from llmlite_kernels.cli import main
+
+    teacher, student = quantized_tiny()
+    codes = {n: m.weight_packed.clone() for n, m in student.named_modules() if isinstance(m, L.QuantLinear)}
+    monkeypatch.setattr(models, "load_model", lambda path=None: (student, None) if path == "student"
+                        else (teacher, _ByteTokenizer()))
+    text = tmp_path / "train.txt"
+    text.write_text("distillation recovers what compression loses. " * 20)
+    assert main(["distill", "student", "--text", str(text), "--loss", "kl", "--steps", "2", "--seq-len", "16",
+                 "--batch-size", "2", "--windows", "0", "--merge", "--lora-rank", "0", "--train-scales"]) == 0
+    assert "distilled (kl) for 2 steps" in capsys.readouterr().out
+    layers = {n: m for n, m in student.named_modules() if isinstance(m, L.QuantLinear)}
+    assert not lora_layers(student) and all(torch.equal(layers[n].weight_packed, c) for n, c in codes.items())
+
+
+def test_cli_compress_tunes_scales_from_the_float_model(monkeypatch, tmp_path, capsys):
+    import llmlite_kernels.models as models
+    from llmlite_kernels.cli import main
+
+    torch.manual_seed(0)
+    dense = tiny_model("llama")
+    monkeypatch.setattr(models, "load_model", lambda path=None: (copy.deepcopy(dense), _ByteTokenizer()))
+    assert main(["compress", "--bits", "3", "--group-size", "32", "--windows", "0", "--decode-tokens", "0",
+                 "--lm-head-bits", "0", "--tune-scales-steps", "2", "--output", str(tmp_path / "tuned")]) == 0
+    assert "tuned the group scales by distillation: 2 steps" in capsys.readouterr().out
+    assert main(["compress", "--bits", "3", "--group-size", "32", "--windows", "0", "--decode-tokens", "0",
+                 "--lm-head-bits", "0", "--output", str(tmp_path / "plain")]) == 0
+    tuned, _ = L.load(tmp_path / "tuned", with_tokenizer=False)
+    plain, _ = L.load(tmp_path / "plain", with_tokenizer=False)
+    layer_t, layer_p = tuned.model.layers[0].mlp.up_proj, plain.model.layers[0].mlp.up_proj
+    assert torch.equal(layer_t.weight_packed, layer_p.weight_packed)
+    assert not torch.equal(layer_t.weight_scale, layer_p.weight_scale)

@@ -3,7 +3,7 @@
 What trains (``train="auto"``), decided once at the start; everything else is frozen:
 
 1. the model has LoRA adapters (:func:`llmlite_kernels.nn.lora.add_lora_`): ``lora_A`` / ``lora_B`` only
-   (and the group-scale factors of adapters added with ``train_scales=True``);
+   (and the group-scale factors of adapters added with ``train_scales=True``; with ``rank=0``, those alone);
 2. else it has ``SparseLinear`` layers: their weights (the masked op gives pruned positions a zero gradient,
    and they are re-zeroed after every step as a guard) and biases, plus the norms when ``train_norms``;
 3. else it has ``QuantLinear`` layers: an error (packed weights are frozen buffers: call ``add_lora_`` first);
@@ -55,8 +55,9 @@ def select_trainable_(student: nn.Module, train: str = "auto", train_norms: bool
     if any(isinstance(m, LoRALinear) for m in modules):
         for m in modules:
             if isinstance(m, LoRALinear):
-                m.lora_A.requires_grad_(True)
-                m.lora_B.requires_grad_(True)
+                if m.rank > 0:
+                    m.lora_A.requires_grad_(True)
+                    m.lora_B.requires_grad_(True)
                 if m.scale_factor is not None:
                     m.scale_factor.requires_grad_(True)
         return "lora"

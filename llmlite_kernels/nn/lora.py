@@ -9,6 +9,8 @@ wrapper: merge them (:func:`merge_lora_and_requantize_`) before ``llmlite_kernel
 ``W = (q - z) * (s * factor)``. The gradient with respect to the factor is exact (no rounding in the path,
 so no straight-through estimator is needed); that path computes ``x @ W.T`` on the dequantized weight, and
 :func:`merge_lora_and_requantize_` folds the factors into the stored scales without any re-rounding.
+``rank=0`` with ``train_scales=True`` trains the factors alone (no adapter): after merging, the model has
+exactly the quantized format and size it had, only its scales changed (:func:`tune_scales_`).
 """
 from __future__ import annotations
 
@@ -23,25 +25,28 @@ from .quant_linear import QuantLinear
 
 class LoRALinear(nn.Module):
     """``base(x) + (x @ lora_A.T @ lora_B.T) * (alpha / rank)``; only ``lora_A`` [rank, in] and
-    ``lora_B`` [out, rank] are trainable."""
+    ``lora_B`` [out, rank] are trainable (and ``scale_factor`` with ``train_scales``). ``rank=0`` (only with
+    ``train_scales=True``): no adapter, ``lora_A`` and ``lora_B`` are None."""
 
     def __init__(self, base: nn.Module, rank: int = 8, alpha: float = 16.0, train_scales: bool = False):
         super().__init__()
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise ValueError(f"rank must be a positive int, got {rank!r}")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0 or (rank == 0 and not train_scales):
+            raise ValueError(f"rank must be a positive int (or 0 with train_scales=True), got {rank!r}")
         if not alpha > 0:
             raise ValueError(f"alpha must be > 0, got {alpha!r}")
         self.base = base
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.rank, self.alpha, self.scale = rank, float(alpha), float(alpha) / rank
+        self.rank, self.alpha, self.scale = rank, float(alpha), float(alpha) / max(rank, 1)
         for p in base.parameters():
             p.requires_grad_(False)
         ref = next(iter(base.parameters()), None)
         dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
         device = next(iter(base.buffers()), ref).device
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=dtype, device=device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=dtype, device=device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_A = self.lora_B = None
+        if rank > 0:
+            self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=dtype, device=device))
+            self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=dtype, device=device))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         if train_scales and not isinstance(base, QuantLinear):
             raise ValueError(f"train_scales=True needs a QuantLinear base, got {type(base).__name__}")
         self.scale_factor = (nn.Parameter(torch.ones_like(base.weight_scale, dtype=torch.float32))
@@ -55,16 +60,21 @@ class LoRALinear(nn.Module):
         return base.dequantize(torch.float32) * factor
 
     def delta_weight(self) -> torch.Tensor:
-        """``scale * B @ A``: what the adapter adds to the ``[out, in]`` weight."""
+        """``scale * B @ A``: what the adapter adds to the ``[out, in]`` weight (zeros when ``rank=0``)."""
+        if self.rank == 0:
+            return torch.zeros(self.out_features, self.in_features, dtype=self.scale_factor.dtype,
+                               device=self.scale_factor.device)
         return (self.lora_B @ self.lora_A) * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = (x.to(self.lora_A.dtype) @ self.lora_A.t()) @ self.lora_B.t()
         if self.scale_factor is None:
             base = self.base(x)
         else:
             bias = None if self.base.bias is None else self.base.bias.float()
             base = torch.nn.functional.linear(x.float(), self.scaled_base_weight(), bias).to(x.dtype)
+        if self.rank == 0:
+            return base
+        update = (x.to(self.lora_A.dtype) @ self.lora_A.t()) @ self.lora_B.t()
         return base + (update * self.scale).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -82,7 +92,8 @@ def add_lora_(model: nn.Module, rank: int = 8, alpha: float = 16.0, include: Seq
 
     Selected: QuantLinear layers (every Linear too when ``quantized_only=False``) whose name matches some
     ``include`` regex (all if empty) and no ``exclude`` regex. ``train_scales``: also learn the group scales
-    of QuantLinear layers (see the module docstring). Returns ``model``.
+    of QuantLinear layers (see the module docstring); ``rank=0`` with ``train_scales=True``: only those (every
+    selected layer must then be a QuantLinear). Returns ``model``.
     """
     from ..models import selected, set_submodule
 
@@ -93,6 +104,11 @@ def add_lora_(model: nn.Module, rank: int = 8, alpha: float = 16.0, include: Seq
     if not targets:
         what = "QuantLinear" if quantized_only else "Linear/QuantLinear/SparseLinear"
         raise ValueError(f"include={list(include)!r}/exclude={list(exclude)!r} matched no {what} layer to adapt")
+    if rank == 0:
+        for name, module in targets:
+            if not isinstance(module, QuantLinear):
+                raise ValueError(f"rank=0 trains group scales only, but {name} is a {type(module).__name__}, "
+                                 "not a QuantLinear: pass quantized_only=True or exclude it")
     for p in model.parameters():
         p.requires_grad_(False)
     for name, module in targets:
@@ -124,7 +140,7 @@ def merge_lora_and_requantize_(model: nn.Module) -> nn.Module:
             if layer.scale_factor is not None:
                 base.weight_scale.copy_((base.weight_scale.float() * layer.scale_factor).to(base.weight_scale.dtype))
             new = base
-            if bool(layer.lora_B.any()):
+            if layer.rank > 0 and bool(layer.lora_B.any()):
                 merged = base.dequantize(torch.float32) + layer.delta_weight().float()
                 packed = quantize(merged, bits=base.bits, group_size=base.group_size, symmetric=base.symmetric,
                                   scale_dtype=base.weight_scale.dtype, name=name)
