@@ -1,5 +1,6 @@
 """Distillation: losses against hand-computed values, chunking, LoRA adapters over QuantLinear, what trains,
-one step lowering the loss, sparsity and packed weights unchanged, checkpoint resume, bad arguments."""
+one step lowering the loss, sparsity and packed weights unchanged, checkpoint resume, bad arguments; scale-only
+tuning (``tune_scales_``: codes and zero points kept, scales changed, loss lowered) and its CLI options."""
 import copy
 import math
 import os
