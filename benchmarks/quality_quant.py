@@ -6,8 +6,8 @@ dependencies): ``pip install --no-deps hqq optimum-quanto einops termcolor``.
 Each run loads a fresh model, quantizes it (calibration: the WikiText-2 *validation* file) and scores
 it. Runs named ``...+kd`` then tune the quantized model's group scales by distillation from the fp32 model
 (``L.tune_scales_``: codes and zero points fixed, forward KL, ``KD_STEPS`` steps of one 512-token window of
-the validation text) before scoring. Results are appended to a JSON-lines file so runs can be split over several processes; ``--table``
-prints the table of everything recorded.
+the validation text) before scoring. Results are appended to a JSON-lines file so runs can be split over
+several processes; ``--table`` prints the table of everything recorded.
 
     python benchmarks/quality_quant.py --runs fp32 rtn-w4g128 gptq-w4g128 ...   # or --runs all
     python benchmarks/quality_quant.py --table
