@@ -17,11 +17,35 @@ offline by ``python -m llmlite_kernels.kernels.autotune`` on the GPU: nothing is
 all this as the CUDA implementation of the ops. Each launcher runs on CUDA tensors, or on CPU tensors under
 TRITON_INTERPRET=1 (the tests).
 """
-from .linear_dispatch import lowbit_dequantize, lowbit_linear, lowbit_linear_2d
-from .sparse24_linear import w24_linear, w24_lowbit_linear
-from .lowbit_dequant import w_lowbit_dequantize
-from .lowbit_gemm import w_lowbit_gemm
-from .lowbit_gemv import w_lowbit_gemv
+import importlib.machinery
+import importlib.util
+import os
+import sys
 
-__all__ = ["lowbit_dequantize", "lowbit_linear", "lowbit_linear_2d", "w_lowbit_dequantize", "w_lowbit_gemm",
-           "w_lowbit_gemv", "w24_linear", "w24_lowbit_linear"]
+
+def _hand_over_top_level_name(name: str) -> None:
+    """Imported as top-level ``kernels`` (the source root is on sys.path, as with ``python -m pytest`` run from
+    the checkout), this folder would shadow the PyPI package ``kernels``, which transformers >= 5 imports.
+    Load that package under the name instead (the import system returns what sys.modules holds after this
+    runs); without it, stay an empty module so no Triton code runs under the wrong name."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    others = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
+    spec = importlib.machinery.PathFinder.find_spec(name, others)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+if __name__ == "llmlite_kernels.kernels":
+    from .linear_dispatch import lowbit_dequantize, lowbit_linear, lowbit_linear_2d
+    from .sparse24_linear import w24_linear, w24_lowbit_linear
+    from .lowbit_dequant import w_lowbit_dequantize
+    from .lowbit_gemm import w_lowbit_gemm
+    from .lowbit_gemv import w_lowbit_gemv
+
+    __all__ = ["lowbit_dequantize", "lowbit_linear", "lowbit_linear_2d", "w_lowbit_dequantize", "w_lowbit_gemm",
+               "w_lowbit_gemv", "w24_linear", "w24_lowbit_linear"]
+else:
+    _hand_over_top_level_name(__name__)

@@ -135,3 +135,26 @@ def test_quantize_lm_head_keeps_the_tied_embedding_float(tmp_path):
         assert torch.equal(loaded(ids).logits, out)
     with pytest.raises(ValueError, match="lm_head"):
         quantize_lm_head_(model)  # already a QuantLinear
+
+
+def test_source_root_on_sys_path_does_not_shadow_the_pypi_kernels_package():
+    """The checkout's ``kernels/`` folder is ``llmlite_kernels.kernels``; with the source root first on sys.path
+    (``python -m pytest`` from the checkout) a top-level ``import kernels`` must not run our Triton code, and
+    transformers (>= 5 imports the PyPI package ``kernels``) must still load its Llama model."""
+    import importlib.metadata
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import kernels, transformers; from transformers import LlamaForCausalLM; "
+            "print(getattr(kernels, '__file__', None)); print(hasattr(kernels, 'lowbit_linear'))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    kernels_file, has_ours = run.stdout.split()[-2:]
+    assert has_ours == "False", run.stdout
+    try:
+        importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        return  # no PyPI ``kernels`` installed: the folder loads as an empty module, checked above
+    assert not kernels_file.startswith(root), kernels_file
