@@ -43,6 +43,7 @@ RUNS = {
     "awq-w4g128": Q(bits=4, group_size=128, method="awq", clip_search=True),
     "awq+gptq-w4g128": Q(bits=4, group_size=128, method="awq+gptq", act_order=True, clip_search=True),
     "gptq-w3g128": Q(bits=3, group_size=128, method="gptq"),
+    "gptq-w3g128-actorder": Q(bits=3, group_size=128, method="gptq", act_order=True),
     "gptq-w3g128-actorder-clip": Q(bits=3, group_size=128, method="gptq", act_order=True, clip_search=True),
     "awq+gptq-w3g128": Q(bits=3, group_size=128, method="awq+gptq", act_order=True, clip_search=True),
     "auto-3.5-gptq": Q(bits="auto", avg_bits=3.5, method="gptq", act_order=True, clip_search=True),
