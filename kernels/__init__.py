@@ -28,8 +28,8 @@ def _hand_over_top_level_name(name: str) -> None:
     the checkout), this folder would shadow the PyPI package ``kernels``, which transformers >= 5 imports.
     Load that package under the name instead (the import system returns what sys.modules holds after this
     runs); without it, stay an empty module so no Triton code runs under the wrong name."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    others = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
+    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    others = [p for p in sys.path if os.path.realpath(p or os.curdir) != root]
     spec = importlib.machinery.PathFinder.find_spec(name, others)
     if spec is None or spec.loader is None:
         return
