@@ -146,8 +146,8 @@ def test_source_root_on_sys_path_does_not_shadow_the_pypi_kernels_package():
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = ("import kernels, transformers; from transformers import LlamaForCausalLM; "
+    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    code = ("import kernels; from transformers import LlamaForCausalLM; "
             "print(getattr(kernels, '__file__', None)); print(hasattr(kernels, 'lowbit_linear'))")
     run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -157,4 +157,4 @@ def test_source_root_on_sys_path_does_not_shadow_the_pypi_kernels_package():
         importlib.metadata.distribution("kernels")
     except importlib.metadata.PackageNotFoundError:
         return  # no PyPI ``kernels`` installed: the folder loads as an empty module, checked above
-    assert not kernels_file.startswith(root), kernels_file
+    assert not os.path.realpath(kernels_file).startswith(root), kernels_file
